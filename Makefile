@@ -1,0 +1,36 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  := torch==2.13.0
+
+.PHONY: demo test lint install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.torch: $(PY)
+	$(PIP) install --quiet $(TORCH)
+	touch $@
+
+install: $(VENV)/.torch
+	$(PIP) install --quiet -e .
+
+install-dev: $(VENV)/.torch
+	$(PIP) install --quiet -e '.[dev]'
+
+demo: install
+	$(VENV)/bin/elbokit linear-gaussian
+
+test: install-dev
+	$(PY) -m pytest -q
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/mypy src/elbokit
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,162 @@
+r"""The one shared primitive: per-sample log weights log p(x, z_k) - log q(z_k | x).
+
+Every bound in :mod:`elbokit.estimators` is a function of the (K, B) arrays built here:
+
+.. math::
+    \log w_k = \underbrace{\log p(x \mid z_k)}_{\texttt{log\_px\_given\_z}}
+      + \underbrace{\log p(z_k)}_{\texttt{log\_pz}} - \underbrace{\log q(z_k \mid x)}_{\texttt{log\_qz}},
+    \qquad z_k \sim q(z \mid x).
+
+How gradients flow is the caller's named choice (``path``):
+
+- ``"reparam"``: z = g(eps; phi) carries gradient and so does log q's parameter dependence.
+- ``"score"``: z is sampled without gradient; only log q(z) and log p(x, z) carry it (for REINFORCE).
+- ``"path"``: z carries gradient, log q is evaluated with its parameters detached, log q_{stop(phi)}(z)
+  (sticking the landing, Roeder et al. 2017, and DReG, Tucker et al. 2018).
+
+Large K is split into chunks of samples. Without autograd each chunk's activations are freed at once; with
+autograd each chunk is wrapped in activation checkpointing, so only its inputs and its (k, B) outputs are
+kept and the decoder is re-run during the backward pass: memory scales with the chunk, not with K.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from torch.utils.checkpoint import checkpoint
+
+from elbokit.distributions import detach_parameters
+from elbokit.models.base import Guide, LatentModel
+
+Path = Literal["reparam", "score", "path"]
+
+#: Elements of one (k, B, *event) likelihood parameter tensor above which samples are chunked.
+CHUNK_ELEMENTS = 1 << 24
+
+
+class LogWeights(NamedTuple):
+    """Per-sample terms of the log importance weights, each (K, B)."""
+
+    log_px_given_z: Tensor
+    log_pz: Tensor
+    log_qz: Tensor
+
+    @property
+    def log_w(self) -> Tensor:
+        """log w = log p(x|z) + log p(z) - log q(z|x): (K, B)."""
+        return self.log_px_given_z + self.log_pz - self.log_qz
+
+
+def check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def guide_distribution(model: LatentModel, guide: Guide, x: Tensor) -> Distribution:
+    """Call the guide on x after checking x, and check that q matches x's batch and p(z)'s event."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, *event) with a batch dimension, got shape {tuple(x.shape)}")
+    event_shape = getattr(model, "event_shape", None)
+    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(
+            f"x must have event shape {tuple(event_shape)} for this model, got {tuple(x.shape[1:])} "
+            f"(x has shape {tuple(x.shape)})"
+        )
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    q = guide(x)
+    if not isinstance(q, Distribution):
+        raise ValueError(f"the guide must return a torch Distribution, got {type(q).__name__}")
+    batch = x.shape[:1]
+    if q.batch_shape != batch:
+        raise ValueError(
+            f"the guide's q must have batch shape {tuple(batch)} to match x, got {tuple(q.batch_shape)}"
+        )
+    prior_event = model.prior().event_shape
+    if q.event_shape != prior_event:
+        raise ValueError(
+            f"the guide's q must have the prior's event shape {tuple(prior_event)}, got {tuple(q.event_shape)}"
+        )
+    return q
+
+
+def default_chunk(k: int, x: Tensor) -> int:
+    """Samples per chunk so that one (chunk, B, *event) tensor stays under CHUNK_ELEMENTS elements."""
+    per_sample = max(1, x.numel())
+    return max(1, min(k, CHUNK_ELEMENTS // per_sample))
+
+
+def log_weights(
+    model: LatentModel,
+    q: Distribution,
+    x: Tensor,
+    k: int,
+    *,
+    path: Path = "reparam",
+    chunk_size: int | None = None,
+    on_sample: Callable[[Tensor, int, int], None] | None = None,
+) -> LogWeights:
+    """Draw z_1..z_K ~ q and return the three (K, B) terms of log w.
+
+    Args:
+        model: p(z) and p(x|z).
+        q: the guide's distribution for this x, batch (B,), event (d,).
+        x: (B, *event) data.
+        k: samples per data point.
+        path: how gradients flow (see the module docstring).
+        chunk_size: samples per chunk; ``None`` picks one from the data size.
+        on_sample: called once per chunk as ``on_sample(z, start, stop)`` with z of shape (stop - start, B, d)
+            before it is used, e.g. to register a gradient hook on z (DReG).
+
+    Returns:
+        LogWeights with three (K, B) tensors.
+    """
+    check_positive_int("k", k)
+    if path == "reparam" or path == "path":
+        if not q.has_rsample:
+            raise ValueError(
+                f"{type(q).__name__} has no reparameterized sampler: use gradient='score' for this guide"
+            )
+    log_q_dist = detach_parameters(q) if path == "path" else q
+    prior = model.prior()
+    chunk = default_chunk(k, x) if chunk_size is None else chunk_size
+    check_positive_int("chunk_size", chunk)
+    hooked: set[int] = set()
+
+    def one_chunk(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+        n = stop - start
+        z = q.sample((n,)) if path == "score" else q.rsample((n,))  # (n, B, d)
+        if on_sample is not None and start not in hooked:  # not again when a checkpoint re-runs the chunk
+            hooked.add(start)
+            on_sample(z, start, stop)
+        likelihood = model.likelihood(z)
+        if likelihood.event_shape != x.shape[1:]:
+            raise ValueError(
+                f"x must have the likelihood's event shape {tuple(likelihood.event_shape)}, "
+                f"got {tuple(x.shape[1:])}"
+            )
+        return likelihood.log_prob(x), prior.log_prob(z), log_q_dist.log_prob(z)  # each (n, B)
+
+    if chunk >= k:
+        return LogWeights(*one_chunk(0, k))
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for start in range(0, k, chunk):
+        stop = min(k, start + chunk)
+        if torch.is_grad_enabled():
+            out = checkpoint(one_chunk, start, stop, use_reentrant=False)
+            parts.append(out)  # type: ignore[arg-type]
+        else:
+            parts.append(one_chunk(start, stop))
+    return LogWeights(*(torch.cat(terms) for terms in zip(*parts)))
+
+
+def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
+    """log (1/K) sum_k exp(log_w_k), by a stable logsumexp."""
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
