@@ -10,6 +10,7 @@ Each guide returns a ``torch.distributions`` object with batch (B,) and event (d
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -90,7 +91,7 @@ class AmortizedGaussian(nn.Module):
         """An encoder data_dim -> hidden... -> output_size(latent_dim), with ``activation`` between layers."""
         sizes = (data_dim, *hidden, cls.output_size(latent_dim, covariance))
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
                 layers.append(activation())

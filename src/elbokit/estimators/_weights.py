@@ -150,11 +150,10 @@ def log_weights(
     for start in range(0, k, chunk):
         stop = min(k, start + chunk)
         if torch.is_grad_enabled():
-            out = checkpoint(one_chunk, start, stop, use_reentrant=False)
-            parts.append(out)  # type: ignore[arg-type]
+            parts.append(checkpoint(one_chunk, start, stop, use_reentrant=False))
         else:
             parts.append(one_chunk(start, stop))
-    return LogWeights(*(torch.cat(terms) for terms in zip(*parts)))
+    return LogWeights(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
 
 
 def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:

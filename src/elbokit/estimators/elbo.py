@@ -67,7 +67,8 @@ def elbo(
 
     .. math::
         \hat{\mathcal L}_\beta = \frac1K \sum_{k=1}^K \left[\log p(x|z_k) - \beta\, \widehat{\mathrm{KL}}_k\right],
-        \quad \widehat{\mathrm{KL}}_k = \log q(z_k|x) - \log p(z_k) \text{ (mc) or } \mathrm{KL}(q\|p) \text{ (analytic)}
+        \quad \widehat{\mathrm{KL}}_k = \log q(z_k|x) - \log p(z_k) \text{ (mc)},
+        \text{ or } \mathrm{KL}(q\|p) \text{ (analytic)}
 
     Args:
         model: p(z) and p(x|z).

@@ -36,7 +36,7 @@ def flat_gradient(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
     """d loss / d params, flattened and concatenated: (P,). Parameters the loss does not reach get 0."""
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return torch.cat([
-        (torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)
+        (torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)
     ])
 
 

@@ -165,9 +165,9 @@ class LinearGaussian(nn.Module):
         """Draw n pairs (x, z) from the joint, reproducibly under ``generator``."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        opts = {"dtype": self.weight.dtype, "device": self.weight.device, "generator": generator}
-        z = torch.randn(n, self.latent_dim, **opts)  # type: ignore[arg-type]
-        eps = torch.randn(n, self.data_dim, **opts)  # type: ignore[arg-type]
+        dtype, device = self.weight.dtype, self.weight.device
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=dtype, device=device)
+        eps = torch.randn(n, self.data_dim, generator=generator, dtype=dtype, device=device)
         x = z @ self.weight.T + self.bias + self.noise_scale * eps
         return LinearGaussianSample(x=x, z=z)
 
