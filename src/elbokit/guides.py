@@ -64,6 +64,8 @@ class AmortizedGaussian(nn.Module):
         _check_covariance(covariance)
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        if min_scale < 0:
+            raise ValueError(f"min_scale must be >= 0, got {min_scale}")
         self.encoder = encoder
         self.latent_dim = latent_dim
         self.covariance: Covariance = covariance
@@ -87,6 +89,7 @@ class AmortizedGaussian(nn.Module):
         hidden: tuple[int, ...] = (200, 200),
         covariance: Covariance = "diagonal",
         activation: type[nn.Module] = nn.Tanh,
+        min_scale: float = 1e-5,
     ) -> AmortizedGaussian:
         """An encoder data_dim -> hidden... -> output_size(latent_dim), with ``activation`` between layers."""
         sizes = (data_dim, *hidden, cls.output_size(latent_dim, covariance))
@@ -95,7 +98,7 @@ class AmortizedGaussian(nn.Module):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
                 layers.append(activation())
-        return cls(nn.Sequential(nn.Flatten(), *layers), latent_dim, covariance=covariance)
+        return cls(nn.Sequential(nn.Flatten(), *layers), latent_dim, covariance=covariance, min_scale=min_scale)
 
     def forward(self, x: Tensor) -> Distribution:
         """q(z|x): batch (B,), event (d,)."""

@@ -29,6 +29,8 @@ def detach_parameters(d: Distribution) -> Distribution:
         value = d.__dict__.get(name)  # lazily derived parameters (probs from logits, ...) are skipped
         if isinstance(value, Tensor):
             params[name] = value.detach()
+    if "logits" in params:  # probs and logits are alternatives: once both are cached, keep the defining one
+        params.pop("probs", None)
     if not params:
         raise TypeError(f"cannot detach the parameters of {type(d).__name__}: none found")
     try:

@@ -140,22 +140,23 @@ class LinearGaussian(nn.Module):
             (B,) the ELBO.
         """
         self._check_x(x)
-        inv_var = 1.0 / self._noise_variance()  # (D,)
-        if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
-            mean = q.base_dist.loc
-            var = q.base_dist.scale.square()  # (B, d)
-            trace = (var @ (self.weight.square() * inv_var.unsqueeze(-1)).T).sum(-1)  # (B,)
-        elif isinstance(q, MultivariateNormal):
-            mean = q.loc
-            w_l = self.weight @ q.scale_tril  # W L, with S = L L^T: (B, D, d)
-            trace = (w_l.square() * inv_var.unsqueeze(-1)).sum((-2, -1))  # (B,)
-        else:
+        diagonal = isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1
+        if not (diagonal or isinstance(q, MultivariateNormal)):
             raise TypeError(
                 "exact_elbo needs a Gaussian q: Independent(Normal, 1) or MultivariateNormal, "
                 f"got {type(q).__name__}"
             )
         if q.event_shape != (self.latent_dim,):
             raise ValueError(f"q must have event shape ({self.latent_dim},), got {tuple(q.event_shape)}")
+        inv_var = 1.0 / self._noise_variance()  # (D,)
+        if isinstance(q, MultivariateNormal):
+            mean = q.loc
+            w_l = self.weight @ q.scale_tril  # W L, with S = L L^T: (B, D, d)
+            trace = (w_l.square() * inv_var.unsqueeze(-1)).sum((-2, -1))  # (B,)
+        else:
+            mean = q.mean
+            var = q.variance  # (B, d)
+            trace = (var @ (self.weight.square() * inv_var.unsqueeze(-1)).T).sum(-1)  # (B,)
         reconstruction = self.likelihood(mean).log_prob(x) - 0.5 * trace
         return reconstruction - kl_divergence(q, self.prior())
 

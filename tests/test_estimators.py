@@ -1,0 +1,556 @@
+"""The estimators against the linear-Gaussian oracle (float64).
+
+Exact values come from ``LinearGaussian.log_evidence``, ``exact_elbo`` and ``posterior``. Statistical checks
+draw R independent replicates in one vectorised call by repeating the data batch R times (each row of the
+repeated batch gets its own z), so an estimator's per-replicate spread is measured directly:
+mean over replicates, stderr = sd / sqrt(R), and |mean - exact| <= Z * stderr with Z from conftest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from conftest import Z
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
+
+import elbokit as ek
+from elbokit.estimators import _weights, marginal
+from elbokit.estimators._weights import LogWeights, default_chunk
+from elbokit.models import LinearGaussian
+
+Guide = Callable[[Tensor], Distribution]
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def _data(model: LinearGaussian, n: int = 3, seed: int = 1) -> Tensor:
+    return model.sample(n, generator=torch.Generator().manual_seed(seed)).x
+
+
+def _posterior_guide(model: LinearGaussian) -> Guide:
+    return lambda x: model.posterior(x)
+
+
+def _mean_field_guide(model: LinearGaussian, *, shift: float, scale: float) -> Guide:
+    """A mean-field q that is not the posterior: mean = posterior mean + shift * sd, sd = scale * sd, where
+    sd are the posterior's marginal standard deviations. Parameters are detached (values only)."""
+
+    def guide(x: Tensor) -> Distribution:
+        post = model.posterior(x)
+        sd = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt().detach()
+        return Independent(Normal(post.loc.detach() + shift * sd, scale * sd), 1)
+
+    return guide
+
+
+def _replicates(values: Tensor, batch: int) -> Tensor:
+    """(R * B,) values from a batch repeated R times -> (R, B)."""
+    return values.reshape(-1, batch)
+
+
+def _z(draws: Tensor, target: Tensor) -> Tensor:
+    """z-scores of the replicate mean of ``draws`` (R, B) against ``target`` (B,), stderr = sd / sqrt(R)."""
+    stderr = draws.std(0) / math.sqrt(draws.shape[0])
+    return (draws.mean(0) - target) / stderr
+
+
+def _two_sample_z(a: Tensor, b: Tensor) -> Tensor:
+    """z-scores of mean(b) - mean(a) for independent replicates a, b: (R, B) each -> (B,)."""
+    stderr = (a.var(0) / a.shape[0] + b.var(0) / b.shape[0]).sqrt()
+    return (b.mean(0) - a.mean(0)) / stderr
+
+
+class RowwiseNormal(Normal):
+    """Test-only Normal whose ``rsample((n,))`` draws n separate ``torch.randn(batch)`` rows from the global
+    RNG, one sample at a time, so a run chunked into samples sees exactly the z of an unchunked run."""
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        rows = [torch.randn(self.batch_shape, dtype=self.loc.dtype) for _ in range(math.prod(sample_shape))]
+        eps = torch.stack(rows).reshape(shape)
+        return self.loc + eps * self.scale
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+# ---- exact posterior: every bound is log p(x) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise", ["diagonal", "scalar"])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_joint_form_elbo_is_exact_with_posterior_guide(make_model, noise, samples) -> None:
+    """With q = p(z|x), log p(x, z) - log q(z|x) = log p(x) for every z: 50 replicates x 4 points of the
+    joint-form (kl="mc") ELBO all equal log p(x) to 1e-10 (float64 rounding only)."""
+    model = make_model(0, noise=noise)
+    x = _data(model, 4)
+    draws = ek.elbo(model, _posterior_guide(model), x.repeat(50, 1), samples=samples, kl="mc").value
+    expected = model.log_evidence(x).repeat(50)
+    torch.testing.assert_close(draws, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("gradient", ["reparam", "stl", "dreg"])
+@pytest.mark.parametrize("k", [1, 2, 10, 100])
+def test_iwae_is_exact_with_posterior_guide(make_model, k, gradient) -> None:
+    """With q = p(z|x) every weight is p(x), so IWAE_k = log p(x) to 1e-10 for any k, 20 replicates."""
+    model = make_model(1)
+    x = _data(model, 4)
+    draws = ek.iwae(model, _posterior_guide(model), x.repeat(20, 1), k=k, gradient=gradient).value
+    torch.testing.assert_close(draws, model.log_evidence(x).repeat(20), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+@pytest.mark.parametrize("k", [2, 100])
+def test_log_marginal_is_exact_with_posterior_guide(make_model, k, chunk_size) -> None:
+    """With q = p(z|x) the importance weights are all equal: value = log p(x) to 1e-10, stderr ~ 0
+    (< 1e-6: rounding only) and ESS = k (relative 1e-10)."""
+    model = make_model(2)
+    x = _data(model, 4)
+    est = ek.log_marginal(model, _posterior_guide(model), x, k=k, chunk_size=chunk_size)
+    torch.testing.assert_close(est.value, model.log_evidence(x).detach(), rtol=0, atol=1e-10)
+    assert bool((est.stderr < 1e-6).all()), est.stderr
+    torch.testing.assert_close(est.ess, torch.full_like(est.ess, float(k)), rtol=1e-10, atol=0)
+    assert est.samples == k
+
+
+# ---- the two ELBO forms --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize(("shift", "scale"), [(0.5, 1.5), (1.0, 0.7)])
+def test_elbo_forms_are_unbiased_for_exact_elbo(make_model, kl, samples, shift, scale) -> None:
+    """For a mean-field q that is not the posterior (mean shifted by ``shift`` sd, sds scaled by ``scale``),
+    the mean of 4000 replicate ELBO estimates equals exact_elbo within Z stderr; the gap to log p(x) is
+    > 0.2 nats here, so the estimate is distinguishable from log p(x)."""
+    model = make_model(3)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=shift, scale=scale)
+    with torch.no_grad():
+        b = ek.elbo(model, guide, x.repeat(4000, 1), samples=samples, kl=kl)
+        exact = model.exact_elbo(x, guide(x))
+        assert bool((model.log_evidence(x) - exact > 0.2).all())
+    assert b.kl_method == kl
+    z = _z(_replicates(b.value, 3), exact)
+    assert bool((z.abs() < Z).all()), z
+
+
+def test_analytic_kl_is_the_closed_form_and_mc_kl_is_sampled(make_model) -> None:
+    """kl="analytic" reports KL(q || p(z)) from the registry exactly (no sampling noise); kl="mc" reports a
+    sampled KL, unbiased for it (Z stderr over 4000 replicates) but not constant."""
+    model = make_model(4)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=1.0, scale=0.7)
+    with torch.no_grad():
+        exact_kl = kl_divergence(guide(x), model.prior())
+        analytic = ek.elbo(model, guide, x.repeat(4000, 1), kl="analytic")
+        mc = ek.elbo(model, guide, x.repeat(4000, 1), kl="mc")
+    torch.testing.assert_close(analytic.kl, exact_kl.repeat(4000), rtol=0, atol=1e-12)
+    mc_kl = _replicates(mc.kl, 3)
+    assert bool((mc_kl.std(0) > 0.1).all())
+    z = _z(mc_kl, exact_kl)
+    assert bool((z.abs() < Z).all()), z
+
+
+def test_analytic_form_has_lower_variance_when_kl_noise_dominates(make_model) -> None:
+    """With a weak likelihood (loadings scaled by 0.1) and a narrow q offset by 2 sd, the KL's sampling noise
+    dominates the single-sample joint form, and the closed-form KL removes it: var(analytic) < 0.5 var(mc)
+    over 2000 single-sample replicates (observed ratios below 0.05; a 2000-draw sample variance has a few
+    percent relative error, so the margin is many standard errors).
+
+    Not a general law: with q close to the posterior the joint form has the lower variance (it is
+    zero-variance at q = p(z|x)), so this is checked only in the regime where the analytic KL pays."""
+    base = make_model(5)
+    model = LinearGaussian(0.1 * base.weight.detach(), base.bias.detach(), base.noise_scale.detach())
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=2.0, scale=0.5)
+    with torch.no_grad():
+        analytic = _replicates(ek.elbo(model, guide, x.repeat(2000, 1), kl="analytic").value, 3)
+        mc = _replicates(ek.elbo(model, guide, x.repeat(2000, 1), kl="mc").value, 3)
+    ratio = analytic.var(0) / mc.var(0)
+    assert bool((ratio < 0.5).all()), ratio
+
+
+# ---- beta ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gradient", ["reparam", "score"])
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.5])
+def test_beta_value_is_reconstruction_minus_beta_kl(make_model, beta, kl, gradient) -> None:
+    """value == reconstruction - beta * kl to 1e-12 (an identity up to float64 rounding) and loss ==
+    -mean(value), with samples=3."""
+    model = make_model(6)
+    x = _data(model, 5)
+    b = ek.elbo(model, _mean_field_guide(model, shift=0.5, scale=1.5), x, samples=3, kl=kl, beta=beta,
+                gradient=gradient)
+    torch.testing.assert_close(b.value, b.reconstruction - beta * b.kl, rtol=0, atol=1e-12)
+    torch.testing.assert_close(b.loss, -b.value.mean(), rtol=0, atol=1e-12)
+    assert b.kl_method == kl
+
+
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize("beta", [0.0, 2.5])
+def test_beta_elbo_is_unbiased(make_model, beta, kl) -> None:
+    """E[value] = E_q log p(x|z) - beta KL, with the exact reconstruction = exact_elbo + KL(q || p(z)):
+    replicate mean within Z stderr over 4000 single-sample replicates."""
+    model = make_model(6)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=0.5, scale=1.5)
+    with torch.no_grad():
+        q = guide(x)
+        exact_kl = kl_divergence(q, model.prior())
+        target = model.exact_elbo(x, q) + exact_kl - beta * exact_kl
+        b = ek.elbo(model, guide, x.repeat(4000, 1), kl=kl, beta=beta)
+    z = _z(_replicates(b.value, 3), target)
+    assert bool((z.abs() < Z).all()), z
+
+
+@pytest.mark.parametrize(
+    ("covariance", "kl", "gradient", "expected"),
+    [
+        ("diagonal", "auto", "reparam", "analytic"),
+        ("diagonal", "auto", "score", "analytic"),
+        ("diagonal", "auto", "stl", "mc"),
+        ("full", "auto", "reparam", "analytic"),
+        ("full", "auto", "stl", "mc"),
+        ("diagonal", "analytic", "reparam", "analytic"),
+        ("full", "mc", "reparam", "mc"),
+        ("full", "mc", "stl", "mc"),
+    ],
+)
+def test_kl_method_is_recorded(make_model, covariance, kl, gradient, expected) -> None:
+    """Bound.kl_method says which KL was used: "auto" takes the closed form for Gaussian q (diagonal or full
+    covariance, the latter through the mixed MultivariateNormal/Independent pair) except under
+    gradient="stl", which is defined on the sampled KL."""
+    model = make_model(7)
+    x = _data(model)
+    guide = ek.LocalGaussian(3, 2, covariance=covariance)
+    b = ek.elbo(model, guide, x, kl=kl, gradient=gradient)
+    assert b.kl_method == expected
+    assert b.gradient == gradient
+    if expected == "analytic":
+        torch.testing.assert_close(b.kl, kl_divergence(guide(x), model.prior()), rtol=0, atol=1e-12)
+
+
+# ---- IWAE ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gradient", ["reparam", "dreg"])
+def test_iwae_1_is_unbiased_for_exact_elbo(make_model, gradient) -> None:
+    """IWAE_1 is the ELBO: the mean of 4000 replicates equals exact_elbo within Z stderr."""
+    model = make_model(8)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=0.5, scale=1.5)
+    with torch.no_grad():
+        b = ek.iwae(model, guide, x.repeat(4000, 1), k=1, gradient=gradient)
+        exact = model.exact_elbo(x, guide(x))
+    z = _z(_replicates(b.value, 3), exact)
+    assert bool((z.abs() < Z).all()), z
+
+
+def test_iwae_increases_in_k_and_stays_below_log_evidence(make_model) -> None:
+    """For k = 1, 2, 5, 20, 100 with a poor mean-field q (narrow and offset), each from 2000 independent
+    replicates: consecutive means are non-decreasing, mean(IWAE_k') - mean(IWAE_k) > -Z * stderr of the
+    difference; every mean <= log p(x) + Z * stderr; and the gap log p(x) - IWAE_k shrinks by more than
+    Z stderr from k = 1 to k = 100."""
+    model = make_model(9)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=1.0, scale=0.7)
+    log_px = model.log_evidence(x).detach()
+    with torch.no_grad():
+        draws = {k: _replicates(ek.iwae(model, guide, x.repeat(2000, 1), k=k).value, 3) for k in (1, 2, 5, 20, 100)}
+    ks = sorted(draws)
+    for small, large in zip(ks[:-1], ks[1:]):
+        z = _two_sample_z(draws[small], draws[large])
+        assert bool((z > -Z).all()), (small, large, z)
+    for k in ks:
+        z = _z(draws[k], log_px)
+        assert bool((z < Z).all()), (k, z)
+    z_shrink = _two_sample_z(draws[1], draws[100])
+    assert bool((z_shrink > Z).all()), z_shrink
+
+
+@pytest.mark.slow
+def test_iwae_converges_to_log_evidence(make_model) -> None:
+    """With a mean-field q broader than the posterior (finite-variance weights), IWAE_5000 over 100
+    replicates is within Z stderr of log p(x), and its gap is significantly smaller (by > Z stderr of the
+    difference) than IWAE_5's gap over 2000 replicates."""
+    model = make_model(10)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=0.5, scale=1.5)
+    log_px = model.log_evidence(x).detach()
+    with torch.no_grad():
+        large = _replicates(ek.iwae(model, guide, x.repeat(100, 1), k=5000).value, 3)
+        small = _replicates(ek.iwae(model, guide, x.repeat(2000, 1), k=5).value, 3)
+    z = _z(large, log_px)
+    assert bool((z.abs() < Z).all()), z
+    z_shrink = _two_sample_z(small, large)
+    assert bool((z_shrink > Z).all()), z_shrink
+
+
+# ---- log_marginal --------------------------------------------------------------------------------------
+
+
+def test_log_marginal_stderr_is_calibrated(make_model) -> None:
+    """Across 200 independent repetitions at k = 100 with a broad mean-field q (finite-variance weights),
+    the empirical sd of the estimate matches the mean reported stderr within 20% (the sd of a sample sd
+    from 200 draws is about 5%, so 20% is about 4 of its standard errors); ESS lies in [1, k]."""
+    model = make_model(11)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=0.3, scale=1.3)
+    est = ek.log_marginal(model, guide, x.repeat(200, 1), k=100)
+    value, stderr = _replicates(est.value, 3), _replicates(est.stderr, 3)
+    ratio = stderr.mean(0) / value.std(0)
+    assert bool(((ratio - 1).abs() < 0.2).all()), ratio
+    assert bool(((est.ess >= 1) & (est.ess <= 100)).all())
+    assert not est.value.requires_grad
+
+
+def test_log_marginal_is_within_its_stderr_at_large_k(make_model) -> None:
+    """At k = 5000, |estimate - log p(x)| / reported stderr < Z for each of 5 points; the stderr is
+    positive (q is not the posterior) and the ESS is in [1, k]."""
+    model = make_model(12)
+    x = _data(model, 5)
+    est = ek.log_marginal(model, _mean_field_guide(model, shift=0.3, scale=1.3), x, k=5000)
+    assert bool((est.stderr > 0).all())
+    z = (est.value - model.log_evidence(x).detach()) / est.stderr
+    assert bool((z.abs() < Z).all()), z
+    assert bool(((est.ess >= 1) & (est.ess <= 5000)).all())
+
+
+def test_log_marginal_chunking_keeps_the_distribution(make_model) -> None:
+    """chunk_size=7 vs None at k = 100, 300 repetitions each: means agree (two-sample |z| < Z), sds agree
+    within 25% (the ratio of two 300-draw sample sds has about 4% relative sd), reported stderrs agree
+    within 10% on average, and ESS stays in [1, k]."""
+    model = make_model(13)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=0.3, scale=1.3)
+    whole = ek.log_marginal(model, guide, x.repeat(300, 1), k=100)
+    chunked = ek.log_marginal(model, guide, x.repeat(300, 1), k=100, chunk_size=7)
+    a, b = _replicates(whole.value, 3), _replicates(chunked.value, 3)
+    z = _two_sample_z(a, b)
+    assert bool((z.abs() < Z).all()), z
+    assert bool(((b.std(0) / a.std(0) - 1).abs() < 0.25).all())
+    se_ratio = _replicates(chunked.stderr, 3).mean(0) / _replicates(whole.stderr, 3).mean(0)
+    assert bool(((se_ratio - 1).abs() < 0.1).all()), se_ratio
+    for est in (whole, chunked):
+        assert bool(((est.ess >= 1) & (est.ess <= 100)).all())
+
+
+# ---- chunking ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "elbo"])
+def test_chunking_keeps_the_distribution(make_model, estimator) -> None:
+    """chunk_size=3 vs None with 10 samples per point, 1000 replicates each (autograd on, so the chunked
+    run goes through checkpointing): the replicate means agree within Z stderr of their difference."""
+    model = make_model(14)
+    x = _data(model)
+    guide = _mean_field_guide(model, shift=0.5, scale=1.5)
+    xr = x.repeat(1000, 1)
+
+    def run(chunk_size: int | None) -> Tensor:
+        if estimator == "iwae":
+            return ek.iwae(model, guide, xr, k=10, chunk_size=chunk_size).value.detach()
+        return ek.elbo(model, guide, xr, samples=10, kl="mc", chunk_size=chunk_size).value.detach()
+
+    z = _two_sample_z(_replicates(run(None), 3), _replicates(run(3), 3))
+    assert bool((z.abs() < Z).all()), z
+
+
+CHUNK_CONFIGS = [
+    ("iwae", "reparam", "mc"),
+    ("iwae", "stl", "mc"),
+    ("iwae", "dreg", "mc"),
+    ("elbo", "reparam", "mc"),
+    ("elbo", "reparam", "analytic"),
+    ("elbo", "score", "mc"),
+    ("elbo", "score", "analytic"),
+    ("elbo", "stl", "mc"),
+]
+
+
+@pytest.mark.parametrize(("estimator", "gradient", "kl"), CHUNK_CONFIGS)
+def test_chunked_values_and_gradients_are_exact(make_model, monkeypatch, estimator, gradient, kl) -> None:
+    """With noise drawn one sample at a time (RowwiseNormal in a diagonal LocalGaussian), chunk_size=3 and
+    chunk_size=None see the same z: the values are bit-for-bit identical (same operations on the same
+    numbers) and loss.backward() gives the same gradients on the guide's loc, raw_scale and the model's weight to
+    1e-10. The chunked run must re-run the decoder in the backward pass (activation checkpointing): with
+    k = 10 the likelihood is called 4 times forward and once more per chunk in backward."""
+    monkeypatch.setattr("elbokit.guides.Normal", RowwiseNormal)
+    model = make_model(15)
+    x = _data(model, 4)
+    init_loc = model.posterior(x).loc.detach() + 0.3
+    calls = []
+    likelihood = model.likelihood
+    monkeypatch.setattr(model, "likelihood", lambda z: calls.append(z.shape[0]) or likelihood(z))
+
+    def run(chunk_size: int | None) -> tuple[Tensor, list[Tensor]]:
+        guide = ek.LocalGaussian(4, 2, init_loc=init_loc, init_scale=0.8)
+        assert isinstance(guide(x).base_dist, RowwiseNormal)
+        model.zero_grad()
+        calls.clear()
+        torch.manual_seed(99)
+        if estimator == "iwae":
+            b = ek.iwae(model, guide, x, k=10, gradient=gradient, chunk_size=chunk_size)
+        else:
+            b = ek.elbo(model, guide, x, samples=10, kl=kl, gradient=gradient, chunk_size=chunk_size)
+        b.loss.backward()
+        grads = [guide.loc.grad, guide.raw_scale.grad, model.weight.grad]
+        return b.value.detach(), [g.clone() for g in grads]
+
+    value, grads = run(None)
+    assert calls == [10]
+    value_chunked, grads_chunked = run(3)
+    assert calls[:4] == [3, 3, 3, 1]  # forward, chunk by chunk
+    assert sorted(calls[4:]) == [1, 3, 3, 3]  # each chunk re-run once in backward (in reverse order)
+    assert torch.equal(value_chunked, value), (value_chunked - value).abs().max()
+    for g_chunked, g in zip(grads_chunked, grads):
+        assert bool(g.abs().sum() > 0)
+        torch.testing.assert_close(g_chunked, g, rtol=0, atol=1e-10)
+
+
+def test_chunked_log_marginal_is_exact(make_model, monkeypatch) -> None:
+    """log_marginal's running max-shifted sums give the same value, stderr and ESS (to 1e-12 relative) as
+    one pass when chunked (chunk_size=3, k=20) over the same z (RowwiseNormal noise)."""
+    monkeypatch.setattr("elbokit.guides.Normal", RowwiseNormal)
+    model = make_model(16)
+    x = _data(model, 4)
+    guide = ek.LocalGaussian(4, 2, init_loc=model.posterior(x).loc.detach() + 0.3, init_scale=0.8)
+    torch.manual_seed(5)
+    whole = ek.log_marginal(model, guide, x, k=20)
+    torch.manual_seed(5)
+    chunked = ek.log_marginal(model, guide, x, k=20, chunk_size=3)
+    for a, b in [(whole.value, chunked.value), (whole.stderr, chunked.stderr), (whole.ess, chunked.ess)]:
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=0)
+    assert bool((whole.stderr > 0).all())
+
+
+# ---- memory ----------------------------------------------------------------------------------------------
+
+
+def test_default_chunk_bounds_memory_at_mnist_scale() -> None:
+    """k = 5000 on 1000 points of dimension 784: one (chunk, B, D) float32 tensor stays under 2 GiB, and the
+    samples really are split (chunk < k)."""
+    chunk = default_chunk(5000, torch.empty(1000, 784))
+    assert 1 <= chunk < 5000
+    assert chunk * 1000 * 784 * 4 < 2**31
+
+
+class _TinyDecoderModel(torch.nn.Module):
+    """A small MLP-like model: z (2,) -> Bernoulli logits over 784 pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = torch.nn.Linear(2, 784)
+        self.event_shape = torch.Size((784,))
+
+    def prior(self) -> Distribution:
+        return Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        return Independent(torch.distributions.Bernoulli(logits=self.decoder(z)), 1)
+
+
+def test_log_marginal_draws_in_chunks_at_mnist_scale(monkeypatch) -> None:
+    """ek.log_marginal(k=5000) on 1000 x 784 asks log_weights for chunks of at most default_chunk samples
+    (each under 2 GiB as float32), k in total; log_weights is replaced by a stub returning zero log weights,
+    so nothing large is computed, and the merged estimate is then exactly log 1 = 0 with ESS = k."""
+    requested = []
+
+    def stub(model, q, x, k, **kwargs) -> LogWeights:
+        requested.append(k)
+        zeros = torch.zeros(k, x.shape[0])
+        return LogWeights(zeros, zeros, zeros)
+
+    monkeypatch.setattr(marginal, "log_weights", stub)
+    model = _TinyDecoderModel()
+    guide = ek.AmortizedGaussian.mlp(784, 2, hidden=(8,))
+    x = torch.bernoulli(torch.full((1000, 784), 0.3))
+    est = ek.log_marginal(model, guide, x, k=5000)
+    assert sum(requested) == 5000
+    assert len(requested) > 1
+    assert max(requested) * 1000 * 784 * 4 < 2**31
+    torch.testing.assert_close(est.value, torch.zeros(1000), rtol=0, atol=1e-12)
+    torch.testing.assert_close(est.ess, torch.full((1000,), 5000.0), rtol=1e-12, atol=0)
+
+
+def test_chunk_elements_controls_the_split(make_model, monkeypatch) -> None:
+    """default_chunk follows CHUNK_ELEMENTS: with a budget of 60 elements and 4 x 5 data, log_marginal draws
+    3 samples at a time (60 // 20), 10 in total."""
+    monkeypatch.setattr(_weights, "CHUNK_ELEMENTS", 60)
+    requested = []
+    real = marginal.log_weights
+
+    def spy(model, q, x, k, **kwargs) -> LogWeights:
+        requested.append(k)
+        return real(model, q, x, k, **kwargs)
+
+    monkeypatch.setattr(marginal, "log_weights", spy)
+    model = make_model(17)
+    x = _data(model, 4)
+    ek.log_marginal(model, _mean_field_guide(model, shift=0.3, scale=1.3), x, k=10)
+    assert requested == [3, 3, 3, 1]
+
+
+# ---- bad arguments -------------------------------------------------------------------------------------
+
+
+def _bad_calls() -> list[tuple[str, Callable[[LinearGaussian, Tensor], object], str]]:
+    """(id, call(model, x), regex over the message naming what was expected and what was given)."""
+    post = _posterior_guide
+    return [
+        ("beta<0", lambda m, x: ek.elbo(m, post(m), x, beta=-0.5), r"beta must be .*>= 0.*-0\.5"),
+        ("iwae k<1", lambda m, x: ek.iwae(m, post(m), x, k=0), r"k must be .*>= 1.*got 0"),
+        ("iwae k<0", lambda m, x: ek.iwae(m, post(m), x, k=-3), r"k must be .*>= 1.*got -3"),
+        ("log_marginal k<1", lambda m, x: ek.log_marginal(m, post(m), x, k=0), r"k must be .*>= 1.*got 0"),
+        ("log_marginal k=1", lambda m, x: ek.log_marginal(m, post(m), x, k=1), r"k must be >= 2.*got 1"),
+        ("samples<1", lambda m, x: ek.elbo(m, post(m), x, samples=-1), r"samples must be .*>= 1.*got -1"),
+        ("samples=0", lambda m, x: ek.elbo(m, post(m), x, samples=0), r"samples must be .*>= 1.*got 0"),
+        ("chunk_size=0", lambda m, x: ek.iwae(m, post(m), x, k=4, chunk_size=0), r"chunk_size .*>= 1.*got 0"),
+        ("x event size", lambda m, x: ek.elbo(m, post(m), x[:, :4]), r"event shape \(5,\).*got \(4,\)"),
+        ("x 1-D", lambda m, x: ek.iwae(m, post(m), x[0], k=2), r"\(B, \*event\).*got shape \(5,\)"),
+        ("x NaN", lambda m, x: ek.log_marginal(m, post(m), _with_nan(x), k=4), r"NaN"),
+        ("guide batch", lambda m, x: ek.elbo(m, lambda x_: m.posterior(x_[:2]), x),
+         r"batch shape \(3,\).*got \(2,\)"),
+        ("guide event", lambda m, x: ek.iwae(m, _wrong_event_guide, x, k=2), r"event shape \(2,\).*got \(3,\)"),
+        ("kl=banana", lambda m, x: ek.elbo(m, post(m), x, kl="banana"), r"'analytic', 'mc' or 'auto'.*banana"),
+        ("elbo gradient=banana", lambda m, x: ek.elbo(m, post(m), x, gradient="banana"),
+         r"'reparam', 'score' or 'stl'.*banana"),
+        ("iwae gradient=banana", lambda m, x: ek.iwae(m, post(m), x, gradient="banana"),
+         r"'reparam', 'stl' or 'dreg'.*banana"),
+        ("stl+analytic", lambda m, x: ek.elbo(m, post(m), x, gradient="stl", kl="analytic"),
+         r"stl.*kl='mc' or kl='auto'"),
+        ("elbo gradient=dreg", lambda m, x: ek.elbo(m, post(m), x, gradient="dreg"),
+         r"'reparam', 'score' or 'stl'.*dreg"),
+        ("iwae gradient=score", lambda m, x: ek.iwae(m, post(m), x, gradient="score"),
+         r"'reparam', 'stl' or 'dreg'.*score"),
+        ("guide tuple", lambda m, x: ek.elbo(m, lambda x_: (x_[:, :2], x_[:, :2]), x),
+         r"Distribution.*got tuple"),
+    ]
+
+
+def _with_nan(x: Tensor) -> Tensor:
+    x = x.clone()
+    x[1, 2] = float("nan")
+    return x
+
+
+def _wrong_event_guide(x: Tensor) -> Distribution:
+    return Independent(Normal(torch.zeros(x.shape[0], 3), torch.ones(x.shape[0], 3)), 1)
+
+
+@pytest.mark.parametrize(("call", "match"), [c[1:] for c in _bad_calls()], ids=[c[0] for c in _bad_calls()])
+def test_bad_arguments_raise_value_error(make_model, call, match) -> None:
+    """Each bad argument raises ValueError early, with a message naming what was expected and what was given."""
+    model = make_model(18)
+    x = _data(model)
+    with pytest.raises(ValueError, match=match):
+        call(model, x)
