@@ -15,11 +15,11 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from conftest import Z
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
 import elbokit as ek
+from conftest import Z
 from elbokit.models import LinearGaussian
 
 BATCH = 4
@@ -89,9 +89,7 @@ def _exact_amortized_guide(model: LinearGaussian) -> ek.AmortizedGaussian:
     """A full-covariance AmortizedGaussian whose linear encoder outputs the exact posterior for any x:
     mean = A (x - b) with A = Lambda^{-1} W^T Psi^{-1}, and a constant Cholesky factor of Lambda^{-1}."""
     d, data_dim = model.latent_dim, model.data_dim
-    guide = ek.AmortizedGaussian(
-        nn.Linear(data_dim, ek.AmortizedGaussian.output_size(d, "full")), d, covariance="full"
-    )
+    guide = ek.AmortizedGaussian(nn.Linear(data_dim, ek.AmortizedGaussian.output_size(d, "full")), d, covariance="full")
     with torch.no_grad():
         precision = model.posterior_precision()
         gain = torch.linalg.solve(precision, model.weight.T / model.noise_scale.expand(data_dim).square())

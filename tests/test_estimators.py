@@ -8,16 +8,17 @@ mean over replicates, stderr = sd / sqrt(R), and |mean - exact| <= Z * stderr wi
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import Z
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 import elbokit as ek
+from conftest import Z
 from elbokit.estimators import _weights, marginal
 from elbokit.estimators._weights import LogWeights, default_chunk
 from elbokit.models import LinearGaussian
@@ -37,8 +38,8 @@ def _posterior_guide(model: LinearGaussian) -> Guide:
 
 
 def _mean_field_guide(model: LinearGaussian, *, shift: float, scale: float) -> Guide:
-    """A mean-field q that is not the posterior: mean = posterior mean + shift * sd, sd = scale * sd, where
-    sd are the posterior's marginal standard deviations. Parameters are detached (values only)."""
+    """A mean-field q that is not the posterior: N(m + shift * s, diag(scale * s)^2), with m and s the
+    posterior mean and marginal standard deviations. Parameters are detached (values only)."""
 
     def guide(x: Tensor) -> Distribution:
         post = model.posterior(x)
@@ -46,6 +47,15 @@ def _mean_field_guide(model: LinearGaussian, *, shift: float, scale: float) -> G
         return Independent(Normal(post.loc.detach() + shift * sd, scale * sd), 1)
 
     return guide
+
+
+def _assert_finite_weight_variance(model: LinearGaussian, scale: float) -> None:
+    """Importance weights p(z|x) / q(z) have finite variance iff 2 Lambda_post - Lambda_q is positive definite;
+    checked for the mean-field q of ``_mean_field_guide`` with this ``scale``."""
+    precision = model.posterior_precision().detach()
+    sd = torch.linalg.inv(precision).diagonal().sqrt()
+    q_precision = torch.diag((scale * sd).pow(-2))
+    assert bool(torch.linalg.eigvalsh(2 * precision - q_precision).min() > 0)
 
 
 def _replicates(values: Tensor, batch: int) -> Tensor:
@@ -69,13 +79,13 @@ class RowwiseNormal(Normal):
     """Test-only Normal whose ``rsample((n,))`` draws n separate ``torch.randn(batch)`` rows from the global
     RNG, one sample at a time, so a run chunked into samples sees exactly the z of an unchunked run."""
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         rows = [torch.randn(self.batch_shape, dtype=self.loc.dtype) for _ in range(math.prod(sample_shape))]
         eps = torch.stack(rows).reshape(shape)
         return self.loc + eps * self.scale
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -188,8 +198,9 @@ def test_beta_value_is_reconstruction_minus_beta_kl(make_model, beta, kl, gradie
     -mean(value), with samples=3."""
     model = make_model(6)
     x = _data(model, 5)
-    b = ek.elbo(model, _mean_field_guide(model, shift=0.5, scale=1.5), x, samples=3, kl=kl, beta=beta,
-                gradient=gradient)
+    b = ek.elbo(
+        model, _mean_field_guide(model, shift=0.5, scale=1.5), x, samples=3, kl=kl, beta=beta, gradient=gradient
+    )
     torch.testing.assert_close(b.value, b.reconstruction - beta * b.kl, rtol=0, atol=1e-12)
     torch.testing.assert_close(b.loss, -b.value.mean(), rtol=0, atol=1e-12)
     assert b.kl_method == kl
@@ -239,6 +250,22 @@ def test_kl_method_is_recorded(make_model, covariance, kl, gradient, expected) -
         torch.testing.assert_close(b.kl, kl_divergence(guide(x), model.prior()), rtol=0, atol=1e-12)
 
 
+def _student_t_guide(x: Tensor) -> Distribution:
+    """A q with no closed-form KL to the Gaussian prior in torch's registry."""
+    zeros = torch.zeros(x.shape[0], 2)
+    return Independent(torch.distributions.StudentT(5.0, zeros, torch.ones_like(zeros)), 1)
+
+
+def test_auto_kl_falls_back_to_sampled_kl_without_closed_form(make_model) -> None:
+    """kl="auto" with a q that has no registered KL to p(z) (Student-t) uses the sampled KL and says so; the
+    value is then the joint form: value = reconstruction - kl to 1e-12."""
+    model = make_model(7)
+    x = _data(model)
+    b = ek.elbo(model, _student_t_guide, x, samples=3, kl="auto")
+    assert b.kl_method == "mc"
+    torch.testing.assert_close(b.value, b.reconstruction - b.kl, rtol=0, atol=1e-12)
+
+
 # ---- IWAE ----------------------------------------------------------------------------------------------
 
 
@@ -267,7 +294,7 @@ def test_iwae_increases_in_k_and_stays_below_log_evidence(make_model) -> None:
     with torch.no_grad():
         draws = {k: _replicates(ek.iwae(model, guide, x.repeat(2000, 1), k=k).value, 3) for k in (1, 2, 5, 20, 100)}
     ks = sorted(draws)
-    for small, large in zip(ks[:-1], ks[1:]):
+    for small, large in itertools.pairwise(ks):
         z = _two_sample_z(draws[small], draws[large])
         assert bool((z > -Z).all()), (small, large, z)
     for k in ks:
@@ -277,12 +304,12 @@ def test_iwae_increases_in_k_and_stays_below_log_evidence(make_model) -> None:
     assert bool((z_shrink > Z).all()), z_shrink
 
 
-@pytest.mark.slow
 def test_iwae_converges_to_log_evidence(make_model) -> None:
     """With a mean-field q broader than the posterior (finite-variance weights), IWAE_5000 over 100
     replicates is within Z stderr of log p(x), and its gap is significantly smaller (by > Z stderr of the
     difference) than IWAE_5's gap over 2000 replicates."""
     model = make_model(10)
+    _assert_finite_weight_variance(model, 1.5)
     x = _data(model)
     guide = _mean_field_guide(model, shift=0.5, scale=1.5)
     log_px = model.log_evidence(x).detach()
@@ -299,16 +326,18 @@ def test_iwae_converges_to_log_evidence(make_model) -> None:
 
 
 def test_log_marginal_stderr_is_calibrated(make_model) -> None:
-    """Across 200 independent repetitions at k = 100 with a broad mean-field q (finite-variance weights),
-    the empirical sd of the estimate matches the mean reported stderr within 20% (the sd of a sample sd
-    from 200 draws is about 5%, so 20% is about 4 of its standard errors); ESS lies in [1, k]."""
+    """Across 1000 independent repetitions at k = 100 with a broad mean-field q (finite-variance weights),
+    the empirical sd of the estimate matches the mean reported stderr within 12% (a 1000-draw sample sd has
+    about 2.5% relative error, and the delta method's own finite-k bias is a few percent: ratios seen over
+    5 models x 3 q's lie in [0.94, 1.07]); ESS lies in [1, k]."""
     model = make_model(11)
+    _assert_finite_weight_variance(model, 1.3)
     x = _data(model)
     guide = _mean_field_guide(model, shift=0.3, scale=1.3)
-    est = ek.log_marginal(model, guide, x.repeat(200, 1), k=100)
+    est = ek.log_marginal(model, guide, x.repeat(1000, 1), k=100)
     value, stderr = _replicates(est.value, 3), _replicates(est.stderr, 3)
     ratio = stderr.mean(0) / value.std(0)
-    assert bool(((ratio - 1).abs() < 0.2).all()), ratio
+    assert bool(((ratio - 1).abs() < 0.12).all()), ratio
     assert bool(((est.ess >= 1) & (est.ess <= 100)).all())
     assert not est.value.requires_grad
 
@@ -317,6 +346,7 @@ def test_log_marginal_is_within_its_stderr_at_large_k(make_model) -> None:
     """At k = 5000, |estimate - log p(x)| / reported stderr < Z for each of 5 points; the stderr is
     positive (q is not the posterior) and the ESS is in [1, k]."""
     model = make_model(12)
+    _assert_finite_weight_variance(model, 1.3)
     x = _data(model, 5)
     est = ek.log_marginal(model, _mean_field_guide(model, shift=0.3, scale=1.3), x, k=5000)
     assert bool((est.stderr > 0).all())
@@ -327,9 +357,10 @@ def test_log_marginal_is_within_its_stderr_at_large_k(make_model) -> None:
 
 def test_log_marginal_chunking_keeps_the_distribution(make_model) -> None:
     """chunk_size=7 vs None at k = 100, 300 repetitions each: means agree (two-sample |z| < Z), sds agree
-    within 25% (the ratio of two 300-draw sample sds has about 4% relative sd), reported stderrs agree
+    within 25% (the ratio of two 300-draw sample sds has about 6% relative sd), reported stderrs agree
     within 10% on average, and ESS stays in [1, k]."""
     model = make_model(13)
+    _assert_finite_weight_variance(model, 1.3)
     x = _data(model)
     guide = _mean_field_guide(model, shift=0.3, scale=1.3)
     whole = ek.log_marginal(model, guide, x.repeat(300, 1), k=100)
@@ -381,9 +412,9 @@ CHUNK_CONFIGS = [
 def test_chunked_values_and_gradients_are_exact(make_model, monkeypatch, estimator, gradient, kl) -> None:
     """With noise drawn one sample at a time (RowwiseNormal in a diagonal LocalGaussian), chunk_size=3 and
     chunk_size=None see the same z: the values are bit-for-bit identical (same operations on the same
-    numbers) and loss.backward() gives the same gradients on the guide's loc, raw_scale and the model's weight to
-    1e-10. The chunked run must re-run the decoder in the backward pass (activation checkpointing): with
-    k = 10 the likelihood is called 4 times forward and once more per chunk in backward."""
+    numbers) and loss.backward() gives the same gradients on the guide's loc and raw_scale and on the
+    model's weight to 1e-10. The chunked run must re-run the decoder in the backward pass (activation
+    checkpointing): with k = 10 the likelihood is called 4 times forward and once more per chunk in backward."""
     monkeypatch.setattr("elbokit.guides.Normal", RowwiseNormal)
     model = make_model(15)
     x = _data(model, 4)
@@ -412,7 +443,7 @@ def test_chunked_values_and_gradients_are_exact(make_model, monkeypatch, estimat
     assert calls[:4] == [3, 3, 3, 1]  # forward, chunk by chunk
     assert sorted(calls[4:]) == [1, 3, 3, 3]  # each chunk re-run once in backward (in reverse order)
     assert torch.equal(value_chunked, value), (value_chunked - value).abs().max()
-    for g_chunked, g in zip(grads_chunked, grads):
+    for g_chunked, g in zip(grads_chunked, grads, strict=True):
         assert bool(g.abs().sum() > 0)
         torch.testing.assert_close(g_chunked, g, rtol=0, atol=1e-10)
 
@@ -503,40 +534,6 @@ def test_chunk_elements_controls_the_split(make_model, monkeypatch) -> None:
 # ---- bad arguments -------------------------------------------------------------------------------------
 
 
-def _bad_calls() -> list[tuple[str, Callable[[LinearGaussian, Tensor], object], str]]:
-    """(id, call(model, x), regex over the message naming what was expected and what was given)."""
-    post = _posterior_guide
-    return [
-        ("beta<0", lambda m, x: ek.elbo(m, post(m), x, beta=-0.5), r"beta must be .*>= 0.*-0\.5"),
-        ("iwae k<1", lambda m, x: ek.iwae(m, post(m), x, k=0), r"k must be .*>= 1.*got 0"),
-        ("iwae k<0", lambda m, x: ek.iwae(m, post(m), x, k=-3), r"k must be .*>= 1.*got -3"),
-        ("log_marginal k<1", lambda m, x: ek.log_marginal(m, post(m), x, k=0), r"k must be .*>= 1.*got 0"),
-        ("log_marginal k=1", lambda m, x: ek.log_marginal(m, post(m), x, k=1), r"k must be >= 2.*got 1"),
-        ("samples<1", lambda m, x: ek.elbo(m, post(m), x, samples=-1), r"samples must be .*>= 1.*got -1"),
-        ("samples=0", lambda m, x: ek.elbo(m, post(m), x, samples=0), r"samples must be .*>= 1.*got 0"),
-        ("chunk_size=0", lambda m, x: ek.iwae(m, post(m), x, k=4, chunk_size=0), r"chunk_size .*>= 1.*got 0"),
-        ("x event size", lambda m, x: ek.elbo(m, post(m), x[:, :4]), r"event shape \(5,\).*got \(4,\)"),
-        ("x 1-D", lambda m, x: ek.iwae(m, post(m), x[0], k=2), r"\(B, \*event\).*got shape \(5,\)"),
-        ("x NaN", lambda m, x: ek.log_marginal(m, post(m), _with_nan(x), k=4), r"NaN"),
-        ("guide batch", lambda m, x: ek.elbo(m, lambda x_: m.posterior(x_[:2]), x),
-         r"batch shape \(3,\).*got \(2,\)"),
-        ("guide event", lambda m, x: ek.iwae(m, _wrong_event_guide, x, k=2), r"event shape \(2,\).*got \(3,\)"),
-        ("kl=banana", lambda m, x: ek.elbo(m, post(m), x, kl="banana"), r"'analytic', 'mc' or 'auto'.*banana"),
-        ("elbo gradient=banana", lambda m, x: ek.elbo(m, post(m), x, gradient="banana"),
-         r"'reparam', 'score' or 'stl'.*banana"),
-        ("iwae gradient=banana", lambda m, x: ek.iwae(m, post(m), x, gradient="banana"),
-         r"'reparam', 'stl' or 'dreg'.*banana"),
-        ("stl+analytic", lambda m, x: ek.elbo(m, post(m), x, gradient="stl", kl="analytic"),
-         r"stl.*kl='mc' or kl='auto'"),
-        ("elbo gradient=dreg", lambda m, x: ek.elbo(m, post(m), x, gradient="dreg"),
-         r"'reparam', 'score' or 'stl'.*dreg"),
-        ("iwae gradient=score", lambda m, x: ek.iwae(m, post(m), x, gradient="score"),
-         r"'reparam', 'stl' or 'dreg'.*score"),
-        ("guide tuple", lambda m, x: ek.elbo(m, lambda x_: (x_[:, :2], x_[:, :2]), x),
-         r"Distribution.*got tuple"),
-    ]
-
-
 def _with_nan(x: Tensor) -> Tensor:
     x = x.clone()
     x[1, 2] = float("nan")
@@ -547,10 +544,92 @@ def _wrong_event_guide(x: Tensor) -> Distribution:
     return Independent(Normal(torch.zeros(x.shape[0], 3), torch.ones(x.shape[0], 3)), 1)
 
 
-@pytest.mark.parametrize(("call", "match"), [c[1:] for c in _bad_calls()], ids=[c[0] for c in _bad_calls()])
-def test_bad_arguments_raise_value_error(make_model, call, match) -> None:
-    """Each bad argument raises ValueError early, with a message naming what was expected and what was given."""
+def _short_batch_guide(x: Tensor) -> Distribution:
+    return Independent(Normal(torch.zeros(x.shape[0] - 1, 2), torch.ones(x.shape[0] - 1, 2)), 1)
+
+
+def _tuple_guide(x: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.zeros(x.shape[0], 2), torch.zeros(x.shape[0], 2)
+
+
+# (call(model, guide, x), regex naming what was expected and what was given, raised before the guide runs?)
+BAD_CALLS = [
+    pytest.param(lambda m, g, x: ek.elbo(m, g, x, beta=-0.5), r"beta must be .*>= 0.*-0\.5", True, id="beta<0"),
+    pytest.param(lambda m, g, x: ek.elbo(m, g, x, beta=float("nan")), r"beta must be .*>= 0.*nan", True, id="beta=nan"),
+    pytest.param(lambda m, g, x: ek.iwae(m, g, x, k=0), r"k must be .*>= 1.*got 0", True, id="iwae k=0"),
+    pytest.param(lambda m, g, x: ek.iwae(m, g, x, k=-3), r"k must be .*>= 1.*got -3", True, id="iwae k<0"),
+    pytest.param(lambda m, g, x: ek.log_marginal(m, g, x, k=0), r"k must be .*>= 1.*got 0", True, id="marginal k=0"),
+    pytest.param(lambda m, g, x: ek.log_marginal(m, g, x, k=1), r"k must be >= 2.*got 1", True, id="marginal k=1"),
+    pytest.param(lambda m, g, x: ek.elbo(m, g, x, samples=-1), r"samples must be .*>= 1.*got -1", True, id="samples<0"),
+    pytest.param(lambda m, g, x: ek.elbo(m, g, x, samples=0), r"samples must be .*>= 1.*got 0", True, id="samples=0"),
+    pytest.param(lambda m, g, x: ek.iwae(m, g, x, k=4, chunk_size=0), r"chunk_size .*>= 1.*got 0", False, id="chunk=0"),
+    pytest.param(lambda m, g, x: ek.elbo(m, g, x[:, :4]), r"event shape \(5,\).*got \(4,\)", True, id="x event"),
+    pytest.param(lambda m, g, x: ek.iwae(m, g, x[0], k=2), r"\(B, \*event\).*got shape \(5,\)", True, id="x 1-D"),
+    pytest.param(lambda m, g, x: ek.log_marginal(m, g, _with_nan(x), k=4), r"x contains NaN", True, id="x NaN"),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, _short_batch_guide, x), r"batch shape \(3,\).*got \(2,\)", False, id="q batch"
+    ),
+    pytest.param(
+        lambda m, g, x: ek.iwae(m, _wrong_event_guide, x, k=2), r"event shape \(2,\).*got \(3,\)", False, id="q event"
+    ),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, _tuple_guide, x), r"Distribution.*got tuple", False, id="q not a Distribution"
+    ),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, _student_t_guide, x, kl="analytic"),
+        r"no closed-form KL.*kl='mc' or kl='auto'",
+        False,
+        id="analytic kl not registered",
+    ),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, g, x, kl="banana"), r"'analytic', 'mc' or 'auto'.*banana", True, id="kl=banana"
+    ),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, g, x, gradient="banana"),
+        r"'reparam', 'score' or 'stl'.*banana",
+        True,
+        id="elbo gradient=banana",
+    ),
+    pytest.param(
+        lambda m, g, x: ek.iwae(m, g, x, gradient="banana"),
+        r"'reparam', 'stl' or 'dreg'.*banana",
+        True,
+        id="iwae gradient=banana",
+    ),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, g, x, gradient="stl", kl="analytic"),
+        r"gradient='stl'.*kl='mc' or kl='auto'",
+        True,
+        id="stl with analytic kl",
+    ),
+    pytest.param(
+        lambda m, g, x: ek.elbo(m, g, x, gradient="dreg"),
+        r"'reparam', 'score' or 'stl'.*dreg",
+        True,
+        id="elbo gradient=dreg",
+    ),
+    pytest.param(
+        lambda m, g, x: ek.iwae(m, g, x, gradient="score"),
+        r"'reparam', 'stl' or 'dreg'.*score",
+        True,
+        id="iwae gradient=score",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "match", "before_guide"), BAD_CALLS)
+def test_bad_arguments_raise_value_error(make_model, call, match, before_guide) -> None:
+    """Each bad argument raises ValueError with a message naming what was expected and what was given;
+    argument and data errors are raised before the guide is called (checked early)."""
     model = make_model(18)
     x = _data(model)
+    guide_calls = []
+
+    def guide(x_: Tensor) -> Distribution:
+        guide_calls.append(x_.shape)
+        return model.posterior(x_)
+
     with pytest.raises(ValueError, match=match):
-        call(model, x)
+        call(model, guide, x)
+    if before_guide:
+        assert guide_calls == []

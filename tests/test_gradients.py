@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from tests.conftest import Z
 
 import elbokit as ek
+from conftest import Z
 from elbokit.models import LinearGaussian
 
 REPEATS = 400
