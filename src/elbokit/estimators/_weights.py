@@ -69,8 +69,13 @@ def guide_distribution(model: LatentModel, guide: Guide, x: Tensor) -> Distribut
             f"x must have event shape {tuple(event_shape)} for this model, got {tuple(x.shape[1:])} "
             f"(x has shape {tuple(x.shape)})"
         )
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values")
+    # The finiteness check costs a device-to-host sync; it follows torch.distributions' own switch
+    # (Distribution.set_default_validate_args(False) turns both off for speed).
+    if Distribution._validate_args and x.is_floating_point():
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(f"x must be finite, got {bad} NaN or infinite value(s) in x of shape {tuple(x.shape)}")
     q = guide(x)
     if not isinstance(q, Distribution):
         raise ValueError(f"the guide must return a torch Distribution, got {type(q).__name__}")
