@@ -565,7 +565,9 @@ BAD_CALLS = [
     pytest.param(lambda m, g, x: ek.iwae(m, g, x, k=4, chunk_size=0), r"chunk_size .*>= 1.*got 0", False, id="chunk=0"),
     pytest.param(lambda m, g, x: ek.elbo(m, g, x[:, :4]), r"event shape \(5,\).*got \(4,\)", True, id="x event"),
     pytest.param(lambda m, g, x: ek.iwae(m, g, x[0], k=2), r"\(B, \*event\).*got shape \(5,\)", True, id="x 1-D"),
-    pytest.param(lambda m, g, x: ek.log_marginal(m, g, _with_nan(x), k=4), r"x must be finite, got 1 NaN", True, id="x NaN"),
+    pytest.param(
+        lambda m, g, x: ek.log_marginal(m, g, _with_nan(x), k=4), r"x must be finite, got 1 NaN", True, id="x NaN"
+    ),
     pytest.param(
         lambda m, g, x: ek.elbo(m, _short_batch_guide, x), r"batch shape \(3,\).*got \(2,\)", False, id="q batch"
     ),
