@@ -531,6 +531,25 @@ def test_chunk_elements_controls_the_split(make_model, monkeypatch) -> None:
     assert requested == [3, 3, 3, 1]
 
 
+def test_checkpointed_chunks_take_x_as_a_tensor_argument(make_model, monkeypatch) -> None:
+    """torch's checkpoint restores the RNG state only of devices of its tensor arguments; a chunk re-run in
+    the backward pass must redraw the same z on CUDA too, so x (on the data's device) must be one of them."""
+    seen = []
+    real = _weights.checkpoint
+
+    def spy(function, *args, **kwargs):
+        seen.append([a for a in args if isinstance(a, Tensor)])
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(_weights, "checkpoint", spy)
+    model = make_model(17)
+    x = _data(model, 4)
+    guide = ek.LocalGaussian(4, 2)
+    ek.iwae(model, guide, x, k=6, chunk_size=2, gradient="dreg").loss.backward()
+    assert len(seen) == 3
+    assert all(any(t is x for t in tensors) for tensors in seen)
+
+
 # ---- bad arguments -------------------------------------------------------------------------------------
 
 

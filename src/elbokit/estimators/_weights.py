@@ -135,29 +135,31 @@ def log_weights(
     check_positive_int("chunk_size", chunk)
     hooked: set[int] = set()
 
-    def one_chunk(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+    def one_chunk(data: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
         n = stop - start
         z = q.sample((n,)) if path == "score" else q.rsample((n,))  # (n, B, d)
         if on_sample is not None and start not in hooked:  # not again when a checkpoint re-runs the chunk
             hooked.add(start)
             on_sample(z, start, stop)
         likelihood = model.likelihood(z)
-        if likelihood.event_shape != x.shape[1:]:
+        if likelihood.event_shape != data.shape[1:]:
             raise ValueError(
                 f"x must have the likelihood's event shape {tuple(likelihood.event_shape)}, "
-                f"got {tuple(x.shape[1:])}"
+                f"got {tuple(data.shape[1:])}"
             )
-        return likelihood.log_prob(x), prior.log_prob(z), log_q_dist.log_prob(z)  # each (n, B)
+        return likelihood.log_prob(data), prior.log_prob(z), log_q_dist.log_prob(z)  # each (n, B)
 
     if chunk >= k:
-        return LogWeights(*one_chunk(0, k))
+        return LogWeights(*one_chunk(x, 0, k))
     parts: list[tuple[Tensor, Tensor, Tensor]] = []
     for start in range(0, k, chunk):
         stop = min(k, start + chunk)
         if torch.is_grad_enabled():
-            parts.append(checkpoint(one_chunk, start, stop, use_reentrant=False))
+            # x goes in as an argument so that checkpoint stashes and restores the RNG state of x's device
+            # (it does so only for devices of tensor arguments): the re-run must draw the same z, on CUDA too.
+            parts.append(checkpoint(one_chunk, x, start, stop, use_reentrant=False))
         else:
-            parts.append(one_chunk(start, stop))
+            parts.append(one_chunk(x, start, stop))
     return LogWeights(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
 
 
