@@ -15,7 +15,7 @@ so memory does not grow with K.
 
 from __future__ import annotations
 
-import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,22 +25,47 @@ from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Estimate
 
 
-def weight_moments(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Shift m = max_k log w_k and the sums S1 = sum_k e^{log w_k - m}, S2 = sum_k e^{2(log w_k - m)}: (B,)."""
+class WeightMoments(NamedTuple):
+    """Count, mean and centred sum of squares of importance weights scaled by e^{-m}, with m = shift.
+
+    Kept in this centred form (not as raw power sums) so that the variance of nearly equal weights, the
+    case of a good proposal, is computed without cancellation.
+    """
+
+    shift: Tensor  # m: (B,)
+    n: int  # K
+    mean: Tensor  # mean_k e^{log w_k - m}: (B,)
+    m2: Tensor  # sum_k (e^{log w_k - m} - mean)^2: (B,)
+
+
+def weight_moments(log_w: Tensor) -> WeightMoments:
+    """The moments of one block of log weights (K, B), shifted by m = max_k log w_k."""
     shift = log_w.max(0).values
     scaled = (log_w - shift).exp()
-    return shift, scaled.sum(0), scaled.square().sum(0)
+    mean = scaled.mean(0)
+    return WeightMoments(shift, log_w.shape[0], mean, (scaled - mean).square().sum(0))
 
 
-def estimate_from_moments(shift: Tensor, s1: Tensor, s2: Tensor, k: int) -> Estimate:
-    """log p-hat, its delta-method standard error and the ESS from the running sums."""
-    ess = s1.square() / s2
-    # Relative variance of the weights, var(w) / mean(w)^2 = (K / ESS - 1) K / (K - 1), clamped against rounding.
-    rel_var = ((k / ess - 1.0) * k / (k - 1)).clamp_min(0.0)
+def merge_moments(a: WeightMoments, b: WeightMoments) -> WeightMoments:
+    """The moments of the union of two blocks (Chan, Golub & LeVeque 1979), re-shifted to the larger maximum."""
+    shift = torch.maximum(a.shift, b.shift)
+    scale_a, scale_b = (a.shift - shift).exp(), (b.shift - shift).exp()
+    mean_a, mean_b = a.mean * scale_a, b.mean * scale_b
+    n = a.n + b.n
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (b.n / n)
+    m2 = a.m2 * scale_a.square() + b.m2 * scale_b.square() + delta.square() * (a.n * b.n / n)
+    return WeightMoments(shift, n, mean, m2)
+
+
+def estimate_from_moments(moments: WeightMoments) -> Estimate:
+    """log p-hat, its delta-method standard error and the ESS from the moments of K >= 2 weights."""
+    shift, k, mean, m2 = moments
+    rel_var = m2 / ((k - 1) * mean.square())  # var(w) / mean(w)^2, unbiased variance
     return Estimate(
-        value=shift + s1.log() - math.log(k),
+        value=shift + mean.log(),
         stderr=(rel_var / k).sqrt(),
-        ess=ess,
+        ess=k / (1.0 + m2 / (k * mean.square())),  # (sum w)^2 / sum w^2
         pareto_k=None,
         samples=k,
     )
@@ -69,21 +94,13 @@ def log_marginal(
     check_positive_int("k", k)
     if k < 2:
         raise ValueError(f"k must be >= 2 to estimate a standard error, got {k}")
+    chunk = default_chunk(k, x) if chunk_size is None else chunk_size
+    check_positive_int("chunk_size", chunk)
     with torch.no_grad():
         q = guide_distribution(model, guide, x)
-        chunk = default_chunk(k, x) if chunk_size is None else chunk_size
-        check_positive_int("chunk_size", chunk)
-        shift = s1 = s2 = None
+        moments: WeightMoments | None = None
         for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            c_shift, c_s1, c_s2 = weight_moments(log_weights(model, q, x, n, path="score").log_w)
-            if shift is None or s1 is None or s2 is None:
-                shift, s1, s2 = c_shift, c_s1, c_s2
-                continue
-            new_shift = torch.maximum(shift, c_shift)
-            a, b = (shift - new_shift).exp(), (c_shift - new_shift).exp()
-            s1 = s1 * a + c_s1 * b
-            s2 = s2 * a.square() + c_s2 * b.square()
-            shift = new_shift
-        assert shift is not None and s1 is not None and s2 is not None
-        return estimate_from_moments(shift, s1, s2, k)
+            block = weight_moments(log_weights(model, q, x, min(chunk, k - start), path="score").log_w)
+            moments = block if moments is None else merge_moments(moments, block)
+        assert moments is not None
+        return estimate_from_moments(moments)
