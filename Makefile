@@ -29,7 +29,7 @@ test: install-dev
 	$(PY) -m pytest -q
 
 lint: install-dev
-	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff check src tests examples benchmarks
 	$(VENV)/bin/mypy src/elbokit
 
 clean:

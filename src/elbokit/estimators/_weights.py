@@ -57,8 +57,9 @@ def check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def guide_distribution(model: LatentModel, guide: Guide, x: Tensor) -> Distribution:
-    """Call the guide on x after checking x, and check that q matches x's batch and p(z)'s event."""
+def guide_distribution(model: LatentModel, guide: Guide, x: Tensor, prior: Distribution | None = None) -> Distribution:
+    """Call the guide on x after checking x, and check that q matches x's batch and p(z)'s event
+    (``prior``: the model's p(z) if the caller already holds it)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:
@@ -84,7 +85,7 @@ def guide_distribution(model: LatentModel, guide: Guide, x: Tensor) -> Distribut
         raise ValueError(
             f"the guide's q must have batch shape {tuple(batch)} to match x, got {tuple(q.batch_shape)}"
         )
-    prior_event = model.prior().event_shape
+    prior_event = (model.prior() if prior is None else prior).event_shape
     if q.event_shape != prior_event:
         raise ValueError(
             f"the guide's q must have the prior's event shape {tuple(prior_event)}, got {tuple(q.event_shape)}"
@@ -98,6 +99,42 @@ def default_chunk(k: int, x: Tensor) -> int:
     return max(1, min(k, CHUNK_ELEMENTS // per_sample))
 
 
+ChunkFn = Callable[[Tensor, int, int], tuple[Tensor, ...]]
+
+
+def _over_chunks(fn: ChunkFn, x: Tensor, k: int, chunk_size: int | None) -> tuple[Tensor, ...]:
+    """Run ``fn(x, start, stop)`` over chunks of the K samples and concatenate its (n, B) outputs."""
+    chunk = default_chunk(k, x) if chunk_size is None else chunk_size
+    check_positive_int("chunk_size", chunk)
+    if chunk >= k:
+        return fn(x, 0, k)
+    parts: list[tuple[Tensor, ...]] = []
+    for start in range(0, k, chunk):
+        stop = min(k, start + chunk)
+        if torch.is_grad_enabled():
+            # x goes in as an argument so that checkpoint stashes and restores the RNG state of x's device
+            # (it does so only for devices of tensor arguments): the re-run must draw the same z, on CUDA too.
+            parts.append(checkpoint(fn, x, start, stop, use_reentrant=False))
+        else:
+            parts.append(fn(x, start, stop))
+    return tuple(torch.cat(terms) for terms in zip(*parts, strict=True))
+
+
+def _likelihood_log_prob(model: LatentModel, z: Tensor, x: Tensor) -> Tensor:
+    """log p(x | z): (n, B), after checking x against the likelihood's event shape."""
+    likelihood = model.likelihood(z)
+    if likelihood.event_shape != x.shape[1:]:
+        raise ValueError(
+            f"x must have the likelihood's event shape {tuple(likelihood.event_shape)}, got {tuple(x.shape[1:])}"
+        )
+    return likelihood.log_prob(x)
+
+
+def _check_path(q: Distribution, path: Path) -> None:
+    if path in ("reparam", "path") and not q.has_rsample:
+        raise ValueError(f"{type(q).__name__} has no reparameterized sampler: use gradient='score' for this guide")
+
+
 def log_weights(
     model: LatentModel,
     q: Distribution,
@@ -107,6 +144,7 @@ def log_weights(
     path: Path = "reparam",
     chunk_size: int | None = None,
     on_sample: Callable[[Tensor, int, int], None] | None = None,
+    prior: Distribution | None = None,
 ) -> LogWeights:
     """Draw z_1..z_K ~ q and return the three (K, B) terms of log w.
 
@@ -119,48 +157,41 @@ def log_weights(
         chunk_size: samples per chunk; ``None`` picks one from the data size.
         on_sample: called once per chunk as ``on_sample(z, start, stop)`` with z of shape (stop - start, B, d)
             before it is used, e.g. to register a gradient hook on z (DReG).
+        prior: the model's p(z), if the caller already holds it.
 
     Returns:
         LogWeights with three (K, B) tensors.
     """
     check_positive_int("k", k)
-    if path == "reparam" or path == "path":
-        if not q.has_rsample:
-            raise ValueError(
-                f"{type(q).__name__} has no reparameterized sampler: use gradient='score' for this guide"
-            )
+    _check_path(q, path)
     log_q_dist = detach_parameters(q) if path == "path" else q
-    prior = model.prior()
-    chunk = default_chunk(k, x) if chunk_size is None else chunk_size
-    check_positive_int("chunk_size", chunk)
+    p_z = model.prior() if prior is None else prior
     hooked: set[int] = set()
 
-    def one_chunk(data: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
-        n = stop - start
-        z = q.sample((n,)) if path == "score" else q.rsample((n,))  # (n, B, d)
+    def one_chunk(data: Tensor, start: int, stop: int) -> tuple[Tensor, ...]:
+        z = q.sample((stop - start,)) if path == "score" else q.rsample((stop - start,))  # (n, B, d)
         if on_sample is not None and start not in hooked:  # not again when a checkpoint re-runs the chunk
             hooked.add(start)
             on_sample(z, start, stop)
-        likelihood = model.likelihood(z)
-        if likelihood.event_shape != data.shape[1:]:
-            raise ValueError(
-                f"x must have the likelihood's event shape {tuple(likelihood.event_shape)}, "
-                f"got {tuple(data.shape[1:])}"
-            )
-        return likelihood.log_prob(data), prior.log_prob(z), log_q_dist.log_prob(z)  # each (n, B)
+        return _likelihood_log_prob(model, z, data), p_z.log_prob(z), log_q_dist.log_prob(z)  # each (n, B)
 
-    if chunk >= k:
-        return LogWeights(*one_chunk(x, 0, k))
-    parts: list[tuple[Tensor, Tensor, Tensor]] = []
-    for start in range(0, k, chunk):
-        stop = min(k, start + chunk)
-        if torch.is_grad_enabled():
-            # x goes in as an argument so that checkpoint stashes and restores the RNG state of x's device
-            # (it does so only for devices of tensor arguments): the re-run must draw the same z, on CUDA too.
-            parts.append(checkpoint(one_chunk, x, start, stop, use_reentrant=False))
-        else:
-            parts.append(one_chunk(x, start, stop))
-    return LogWeights(*(torch.cat(terms) for terms in zip(*parts, strict=True)))
+    return LogWeights(*_over_chunks(one_chunk, x, k, chunk_size))
+
+
+def log_likelihood_samples(
+    model: LatentModel, q: Distribution, x: Tensor, k: int, *, chunk_size: int | None = None
+) -> Tensor:
+    """log p(x | z_k) for z_1..z_K ~ q drawn by reparameterization: (K, B).
+
+    The reconstruction term alone, for bounds whose KL is in closed form: neither p(z) nor q is evaluated at z.
+    """
+    check_positive_int("k", k)
+    _check_path(q, "reparam")
+
+    def one_chunk(data: Tensor, start: int, stop: int) -> tuple[Tensor, ...]:
+        return (_likelihood_log_prob(model, q.rsample((stop - start,)), data),)
+
+    return _over_chunks(one_chunk, x, k, chunk_size)[0]
 
 
 def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:

@@ -25,7 +25,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
-from elbokit.estimators._weights import check_positive_int, guide_distribution, log_weights
+from elbokit.estimators._weights import (
+    check_positive_int,
+    guide_distribution,
+    log_likelihood_samples,
+    log_weights,
+)
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Bound, KLMethod
 
@@ -94,19 +99,26 @@ def elbo(
     if gradient == "stl" and kl == "analytic":
         raise ValueError("gradient='stl' is defined on the sampled KL: use kl='mc' or kl='auto'")
 
-    q = guide_distribution(model, guide, x)
-    closed_form = None if kl == "mc" or gradient == "stl" else analytic_kl(q, model.prior())
+    prior = model.prior()
+    q = guide_distribution(model, guide, x, prior)
+    closed_form = None if kl == "mc" or gradient == "stl" else analytic_kl(q, prior)
     if kl == "analytic" and closed_form is None:
         raise ValueError(
-            f"no closed-form KL is registered for ({type(q).__name__}, {type(model.prior()).__name__}): "
+            f"no closed-form KL is registered for ({type(q).__name__}, {type(prior).__name__}): "
             "use kl='mc' or kl='auto', or register one with torch.distributions.register_kl"
         )
     kl_method: KLMethod = "mc" if closed_form is None else "analytic"
 
-    path = "path" if gradient == "stl" else gradient
-    terms = log_weights(model, q, x, samples, path=path, chunk_size=chunk_size)
-    log_px_given_z = terms.log_px_given_z  # (K, B)
-    kl_k = terms.log_qz - terms.log_pz if closed_form is None else closed_form.expand_as(log_px_given_z)
+    log_qz: Tensor | None = None
+    if closed_form is not None and gradient == "reparam":
+        # Nothing but the reconstruction depends on z: log p(z) and log q(z) are not needed.
+        log_px_given_z = log_likelihood_samples(model, q, x, samples, chunk_size=chunk_size)  # (K, B)
+        kl_k = closed_form.expand_as(log_px_given_z)
+    else:
+        path = "path" if gradient == "stl" else gradient
+        terms = log_weights(model, q, x, samples, path=path, chunk_size=chunk_size, prior=prior)
+        log_px_given_z, log_qz = terms.log_px_given_z, terms.log_qz  # (K, B)
+        kl_k = log_qz - terms.log_pz if closed_form is None else closed_form.expand_as(log_px_given_z)
     f = log_px_given_z - beta * kl_k  # (K, B)
     value = f.mean(0)  # (B,)
 
@@ -114,7 +126,8 @@ def elbo(
         # Score only what depends on z: with an analytic KL that is the reconstruction alone.
         scored = f if closed_form is None else log_px_given_z
         baseline = leave_one_out_baseline(scored) if samples > 1 else torch.zeros_like(scored)
-        score_term = ((scored - baseline).detach() * terms.log_qz).mean(0)  # (B,)
+        assert log_qz is not None
+        score_term = ((scored - baseline).detach() * log_qz).mean(0)  # (B,)
         loss = surrogate_loss(value, value + score_term)
     else:
         loss = -value.mean()

@@ -64,7 +64,8 @@ def iwae(
     check_positive_int("k", k)
     if gradient not in ("reparam", "stl", "dreg"):
         raise ValueError(f"gradient must be 'reparam', 'stl' or 'dreg' for IWAE, got {gradient!r}")
-    q = guide_distribution(model, guide, x)
+    prior = model.prior()
+    q = guide_distribution(model, guide, x, prior)
 
     hooks: dict[str, Tensor] = {}
 
@@ -82,6 +83,7 @@ def iwae(
         path="reparam" if gradient == "reparam" else "path",
         chunk_size=chunk_size,
         on_sample=scale_by_weight if gradient == "dreg" else None,
+        prior=prior,
     )
     log_w = terms.log_w  # (K, B)
     value = iwae_bound(log_w)  # (B,)

@@ -97,10 +97,11 @@ def log_marginal(
     chunk = default_chunk(k, x) if chunk_size is None else chunk_size
     check_positive_int("chunk_size", chunk)
     with torch.no_grad():
-        q = guide_distribution(model, guide, x)
+        prior = model.prior()
+        q = guide_distribution(model, guide, x, prior)
         moments: WeightMoments | None = None
         for start in range(0, k, chunk):
-            block = weight_moments(log_weights(model, q, x, min(chunk, k - start), path="score").log_w)
+            block = weight_moments(log_weights(model, q, x, min(chunk, k - start), path="score", prior=prior).log_w)
             moments = block if moments is None else merge_moments(moments, block)
         assert moments is not None
         return estimate_from_moments(moments)
