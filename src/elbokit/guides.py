@@ -10,13 +10,14 @@ Each guide returns a ``torch.distributions`` object with batch (B,) and event (d
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+
+from elbokit.models.mlp import mlp
 
 Covariance = Literal["diagonal", "full"]
 
@@ -92,12 +93,8 @@ class AmortizedGaussian(nn.Module):
         min_scale: float = 1e-5,
     ) -> AmortizedGaussian:
         """An encoder data_dim -> hidden... -> output_size(latent_dim), with ``activation`` between layers."""
-        sizes = (data_dim, *hidden, cls.output_size(latent_dim, covariance))
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
-            layers.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 2:
-                layers.append(activation())
+        layers = mlp((data_dim, *hidden, cls.output_size(latent_dim, covariance)), activation=activation)
+        # One flat Sequential(Flatten, Linear, act, ...): parameters are named encoder.1.weight, ...
         return cls(nn.Sequential(nn.Flatten(), *layers), latent_dim, covariance=covariance, min_scale=min_scale)
 
     def forward(self, x: Tensor) -> Distribution:

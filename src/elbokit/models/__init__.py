@@ -1,6 +1,31 @@
-"""Latent-variable models: the protocols and the exact linear-Gaussian reference."""
+"""Latent-variable models: the protocols, the exact linear-Gaussian reference, VAEs and their likelihoods."""
 
 from elbokit.models.base import Guide, LatentModel
+from elbokit.models.likelihoods import (
+    LIKELIHOODS,
+    Bernoulli,
+    ContinuousBernoulli,
+    Gaussian,
+    Laplace,
+    Likelihood,
+    make_likelihood,
+)
 from elbokit.models.linear_gaussian import LinearGaussian, LinearGaussianSample
+from elbokit.models.mlp import mlp
+from elbokit.models.vae import VAE
 
-__all__ = ["Guide", "LatentModel", "LinearGaussian", "LinearGaussianSample"]
+__all__ = [
+    "LIKELIHOODS",
+    "VAE",
+    "Bernoulli",
+    "ContinuousBernoulli",
+    "Gaussian",
+    "Guide",
+    "Laplace",
+    "LatentModel",
+    "Likelihood",
+    "LinearGaussian",
+    "LinearGaussianSample",
+    "make_likelihood",
+    "mlp",
+]

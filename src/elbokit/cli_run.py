@@ -1,0 +1,246 @@
+"""The run commands of the ``elbokit`` CLI: ``fit``, ``evaluate``, ``sample`` and ``data``.
+
+Flags map onto :class:`elbokit.config.RunConfig` fields; ``--config run.toml`` supplies the same fields, and a
+flag given on the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from elbokit.cli_args import UsageError, _int_list, _number, _Parser, _positive_int
+from elbokit.config import ACTIVATIONS, OBJECTIVES, RunConfig
+from elbokit.data import available, download
+from elbokit.runs import (
+    CONFIG,
+    DATASET,
+    EVALUATION,
+    Run,
+    build_model,
+    check_data,
+    clear_run,
+    evaluate,
+    holds_run,
+    image_shape,
+    load_data,
+    open_run,
+    write_images,
+    write_json,
+    write_pictures,
+)
+from elbokit.train import fit
+from elbokit.train.checkpoint import atomic_write
+
+#: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
+_FIELDS = {
+    "data", "data_dir", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood", "objective", "k",
+    "beta", "anneal", "epochs", "batch_size", "lr", "clip", "patience", "seed", "device", "quiet",
+}  # fmt: skip
+
+
+def _add_run_commands(commands: Any) -> None:
+    S = argparse.SUPPRESS  # only flags actually given reach the namespace, so a config file can fill the rest
+    fit_ = commands.add_parser(
+        "fit", help="train a VAE; writes a run directory", argument_default=S,
+        description="Train a VAE by the ELBO (or IWAE_k) and write a run directory.",
+    )  # fmt: skip
+    fit_.add_argument("--data", help="dataset name or a .npy/.npz/.csv file (default binarized-mnist)")
+    fit_.add_argument("--out", required=True, type=Path, help="run directory to write")
+    fit_.add_argument("--config", type=Path, help="TOML file of RunConfig settings (flags win)")
+    fit_.add_argument("--data-dir", help="folder holding the dataset's files (e.g. the four MNIST idx files)")
+    fit_.add_argument("--binarize", choices=("dynamic", "fixed"), help="binarized-mnist: dynamic (default) or fixed")
+    fit_.add_argument("--limit", type=_positive_int, help="train on the first N training points only")
+    fit_.add_argument("--epochs", type=_positive_int, help="passes over the training set (default 10)")
+    fit_.add_argument("--seed", type=int, help="random seed (default 0)")
+    fit_.add_argument("--latent-dim", type=_positive_int, help="d, dimension of z (default 50)")
+    fit_.add_argument("--hidden", type=_int_list, help="hidden sizes, comma-separated (default 200,200)")
+    fit_.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation (default tanh)")
+    fit_.add_argument("--likelihood", help="bernoulli (default), continuous-bernoulli, gaussian[:S|learned|decoder], "
+                      "laplace[:S|learned|decoder]")  # fmt: skip
+    fit_.add_argument("--objective", choices=OBJECTIVES, help="elbo (default) or iwae")
+    fit_.add_argument("--k", type=_positive_int, help="samples per point (IWAE_k for --objective iwae; default 1)")
+    fit_.add_argument("--beta", type=_number, help="KL weight (default 1: the ELBO)")
+    fit_.add_argument("--anneal", help="constant, linear:N, cyclical:N[:R] or freebits:LAMBDA (N steps or Nep)")
+    fit_.add_argument("--batch-size", type=_positive_int, help="points per step (default 100)")
+    fit_.add_argument("--lr", type=_number, help="Adam learning rate (default 1e-3)")
+    fit_.add_argument("--clip", type=_number, help="clip the gradient norm to this value")
+    fit_.add_argument("--patience", type=_positive_int, help="early stopping after N epochs without improvement")
+    fit_.add_argument("--device", help="auto (default), cpu or cuda")
+    fit_.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    fit_.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    fit_.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+
+    ev = commands.add_parser(
+        "evaluate", help="ELBO and log p(x) with its standard error on a run's test set",
+        description="Evaluate a trained run: ELBO, importance-sampled log p(x) ± its standard error, KL and "
+        "reconstruction, in nats per point (and bits/dim for images).",
+    )  # fmt: skip
+    ev.add_argument("run", type=Path, help="run directory")
+    ev.add_argument("--k", type=_positive_int, default=1000, help="importance samples per point (default 1000)")
+    ev.add_argument("--split", choices=("train", "validation", "test"), default="test", help="default test")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="first N points of the split only")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws (default 0)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    sa = commands.add_parser("sample", help="decode z ~ p(z) into a PNG grid (or a .npy array)")
+    sa.add_argument("run", type=Path, help="run directory")
+    sa.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
+    sa.add_argument("--out", type=Path, default=None, help="output .png or .npy (default RUN/samples.png)")
+    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sa.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing its mean")
+
+    da = commands.add_parser("data", help="list datasets or download one")
+    da_commands = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    da_commands.add_parser("list", help="registered dataset names")
+    dl = da_commands.add_parser("download", help="fetch a dataset's files into the cache (md5-checked)")
+    dl.add_argument("name", help="dataset (mnist)")
+    dl.add_argument(
+        "--cache-dir", type=Path, default=None, help="cache folder (default: $ELBOKIT_DATA, else ~/.cache/elbokit)",
+    )
+    dl.add_argument("--url", default=None, help="mirror to fetch from")
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    values: dict[str, Any] = RunConfig.from_toml(args.config) if getattr(args, "config", None) else {}
+    given = {name: value for name, value in vars(args).items() if name in _FIELDS}
+    if "hidden" in given:
+        given["hidden"] = tuple(given["hidden"])
+    values.update(given)
+    return RunConfig.from_dict(values, source=str(getattr(args, "config", "command line")))
+
+
+def _resume_config(args: argparse.Namespace, out: Path) -> RunConfig:
+    """A resumed run keeps its configuration; only --epochs (to train longer) and --quiet may change."""
+    saved = RunConfig.load(out / CONFIG)
+    given = {name: value for name, value in vars(args).items() if name in _FIELDS}
+    if "hidden" in given:
+        given["hidden"] = tuple(given["hidden"])
+    for name, value in given.items():
+        if name not in ("epochs", "quiet", "device") and getattr(saved, name) != value:
+            raise UsageError(f"--{name.replace('_', '-')} {value} differs from the run's {getattr(saved, name)!r}; "
+                             "a resumed run keeps its configuration")  # fmt: skip
+    values = saved.to_dict()
+    values.update({name: given[name] for name in ("epochs", "quiet", "device") if name in given})
+    return RunConfig.from_dict(values, source=str(out / CONFIG))
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if resume and not holds_run(out):
+        raise UsageError(f"--resume: {out} holds no run to resume")
+    if holds_run(out) and not (resume or overwrite):
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    config = _resume_config(args, out) if resume else _config_from_args(args)
+    # Everything that can fail on bad input happens before anything in --out is touched.
+    data = load_data(config)
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.data_dim)
+    check_data(model, data)
+    if not resume:
+        model.init_output_bias(data.train[: config.limit].mean(0))
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            clear_run(out)
+        write_json(out / CONFIG, config.to_dict())
+        write_json(out / DATASET, data.describe())
+    say = (lambda _text: None) if config.quiet else (lambda text: print(text, flush=True))
+    say(f"fit: {data.name} ({data.train[: config.limit].shape[0]} training points, D={data.data_dim}) -> {out}")
+
+    def on_epoch(m: dict[str, Any]) -> None:
+        say(f"epoch {m['epoch']:>3}/{config.epochs}  train {m['train_bound']:9.3f}  validation "
+            f"{m['validation_bound']:9.3f}  KL {m['validation_kl']:7.3f}  β {m['beta']:.3g}  "
+            f"{m['seconds']:6.1f} s  {m['examples_per_second']:7.0f} points/s")  # fmt: skip
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(model, model.encoder, data, config, out=out, resume=resume, on_epoch=on_epoch)
+    for w in caught:
+        print(f"elbokit: warning: {w.message}", file=sys.stderr)
+    if result.stopped == "interrupted":
+        print(f"elbokit: interrupted at epoch {result.epochs + 1}, step {result.steps}; the checkpoint is saved: "
+              f"resume with `elbokit fit --out {out} --resume`", file=sys.stderr)  # fmt: skip
+        return 130
+    run = Run(out, config, data, model.eval(), {})
+    pictures = write_pictures(run, seed=config.seed)
+    say(f"done: {result.epochs} epochs ({result.stopped}), best validation bound {result.best_validation:.3f}"
+        + (f"; wrote {', '.join(p.name for p in pictures)}" if pictures else ""))  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = open_run(args.run)
+    result = evaluate(run, k=args.k, split=args.split, limit=args.limit, seed=args.seed)
+    write_json(run.path / EVALUATION, result.to_dict())
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"{run.path}: {run.config.data}, {result.split} split, {result.n} points, k = {result.k}")
+    print(f"{'quantity':<34}{'nats':>12}")
+    rows = [
+        ("ELBO (analytic KL)", f"{result.elbo:12.3f}"),
+        ("log p(x), importance sampled", f"{result.log_px:12.3f} ± {result.log_px_stderr:.3f}"),
+        ("gap log p(x) - ELBO", f"{result.log_px - result.elbo:12.3f}"),
+        ("reconstruction E_q log p(x|z)", f"{result.reconstruction:12.3f}"),
+        ("KL(q(z|x) || p(z))", f"{result.kl:12.3f}"),
+        ("smallest ESS of the weights", f"{result.min_ess:12.1f}"),
+    ]
+    if result.bits_per_dim is not None:
+        rows.append(("bits/dim, -log p(x) / (D ln 2)", f"{result.bits_per_dim:12.4f}"))
+    for name, value in rows:
+        print(f"{name:<34}{value}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    run = open_run(args.run)
+    out = args.out if args.out is not None else run.path / "samples.png"
+    if out.suffix not in (".png", ".npy"):
+        raise UsageError(f"--out must end in .png or .npy, got {out}")
+    shape = image_shape(run.path)
+    if out.suffix == ".png" and shape is None:
+        raise UsageError(f"{run.config.data} is not image data: write samples with --out FILE.npy")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    device = next(run.model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = run.model.sample(args.n, generator=gen, mean=not args.draw)
+    if out.suffix == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, x.cpu().numpy())
+        atomic_write(out, buffer.getvalue())
+    elif shape is not None:
+        write_images(out, x, shape, columns=max(1, math.isqrt(args.n)))
+    print(out)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "list":
+        print("\n".join(available()))
+        return 0
+    kwargs: dict[str, Any] = {"cache_dir": args.cache_dir}
+    if args.url is not None:
+        kwargs["base_url"] = args.url
+    print(download(args.name, **kwargs))
+    return 0
+
+
+RUN_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "fit": cmd_fit, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data,
+}  # fmt: skip

@@ -1,0 +1,132 @@
+"""One run's configuration: a dataclass with a comment per field. The CLI maps its flags onto it and a
+``--config run.toml`` file supplies the same fields by name; a run directory keeps it as ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OBJECTIVES = ("elbo", "iwae")
+ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "gelu")
+
+
+@dataclass
+class RunConfig:
+    # -- data --
+    data: str = "binarized-mnist"  # dataset name (see `elbokit.data.available()`) or a .npy/.npz/.csv file
+    data_dir: str | None = None  # folder with the dataset's files, where it is not installed
+    binarize: str | None = None  # binarized-mnist: "dynamic" (fresh draw each epoch, default) or "fixed"
+    limit: int | None = None  # use only the first N training points (quick runs and tests)
+    # -- model --
+    latent_dim: int = 50  # d, dimension of z
+    hidden: tuple[int, ...] = (200, 200)  # encoder hidden sizes; the decoder mirrors them
+    activation: str = "tanh"  # between hidden layers: tanh, relu, softplus, elu or gelu
+    # p(x|z): bernoulli, continuous-bernoulli, gaussian[:SCALE|learned|decoder], laplace[:SCALE|learned|decoder]
+    likelihood: str = "bernoulli"
+    # -- objective --
+    objective: str = "elbo"  # "elbo" (reconstruction - beta * KL, analytic KL) or "iwae" (IWAE_k bound)
+    k: int = 1  # importance samples per point for "iwae"; Monte-Carlo samples per point for "elbo"
+    beta: float = 1.0  # target KL weight; the objective is the ELBO only at beta = 1
+    anneal: str = "constant"  # constant, linear:N, cyclical:N[:R], freebits:LAMBDA (N in steps, or Nep epochs)
+    # -- optimisation --
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 100  # points per step
+    lr: float = 1e-3  # Adam learning rate
+    clip: float | None = None  # clip the gradient's global norm to this value (None: no clipping)
+    patience: int | None = None  # stop after this many epochs without a better validation bound (None: never)
+    seed: int = 0  # seeds parameters, data order, binarization and Monte-Carlo draws
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda[:i]"
+    # -- output --
+    quiet: bool = False  # no progress bar
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for a field out of range."""
+        for name in ("latent_dim", "k", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "iwae" and self.k < 2:
+            raise ValueError(f"the iwae objective needs k >= 2, got {self.k}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip must be > 0, got {self.clip}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.binarize not in (None, "dynamic", "fixed"):
+            raise ValueError(f"binarize must be 'dynamic' or 'fixed', got {self.binarize!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from a mapping of field names; an unknown name is an error naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ValueError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> dict[str, Any]:
+        """The settings in a TOML file (top level, or under a ``[run]`` table), checked by name but not yet
+        merged: the CLI lays its explicit flags over them."""
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+        values = values.get("run", values)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"config file {path}: unknown setting {unknown[0]!r}")
+        return dict(values)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path.parent} holds no run ({path.name} is missing)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path} is not valid JSON") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} does not hold a run configuration")
+        return cls.from_dict(values, source=str(path))

@@ -1,0 +1,38 @@
+"""Datasets by name: MNIST and friends, scikit-learn's digits, synthetic linear-Gaussian data, user files.
+
+>>> from elbokit.data import load, available
+>>> available()
+['mnist', 'binarized-mnist', 'fashion-mnist', 'digits', 'synthetic']
+>>> ds = load("digits", seed=0)
+>>> ds.train.shape, ds.image_shape, ds.support
+(torch.Size([1437, 64]), (8, 8), 'unit')
+
+Every dataset is three splits of flat float32 vectors (N, D); see :class:`Dataset`. Bad requests and bad files
+raise :class:`DataError` (a ``ValueError``) with a one-line message naming the file or the name.
+"""
+
+from elbokit.data.base import DataError, Dataset
+from elbokit.data.fetch import MNIST_FILES, MNIST_MIRROR, cache_root, download
+from elbokit.data.files import load_file
+from elbokit.data.idx import BINARIZE_EVAL_SEED, FASHION_MNIST_DIR, read_idx
+from elbokit.data.registry import available, load, register
+
+# After idx: datasets are listed in registration order, the MNIST family first.
+from elbokit.data.small import synthetic_model
+
+__all__ = [
+    "BINARIZE_EVAL_SEED",
+    "FASHION_MNIST_DIR",
+    "MNIST_FILES",
+    "MNIST_MIRROR",
+    "DataError",
+    "Dataset",
+    "available",
+    "cache_root",
+    "download",
+    "load",
+    "load_file",
+    "read_idx",
+    "register",
+    "synthetic_model",
+]

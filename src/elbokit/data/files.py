@@ -1,0 +1,235 @@
+"""User data from ``.npy``, ``.npz`` and ``.csv`` files.
+
+* ``.npy``: a 2-D (N, D) array, or 3-D (N, H, W) images flattened to D = H * W (``image_shape = (H, W)``).
+* ``.npz``: keys ``train``, ``validation``, ``test`` (optionally ``train_labels``, ...) used as given; or one
+  array (any key, or key ``x``) that is split.
+* ``.csv``: numbers separated by commas, one row per point; a first row with no numbers is a header.
+
+A single array is split by a seeded permutation into ~80/10/10 (at least one point per split). Arrays are read
+with ``allow_pickle=False``. ``support`` is inferred from the values.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from elbokit.data.base import DataError, Dataset, as_float32, as_labels, infer_support, permutation_split
+
+SPLIT_KEYS: tuple[str, ...] = ("train", "validation", "test")
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # an .npz file is a zip archive
+
+
+def load_file(path: str | Path, *, seed: int = 0) -> Dataset:
+    """Load a ``.npy`` / ``.npz`` / ``.csv`` file as a Dataset (see the module docstring for the layouts).
+
+    Raises:
+        DataError: a missing, empty or unreadable file, non-numeric values, a wrong number of dimensions,
+            NaN or inf values, pickled objects, or npz splits of different D; the message names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"file not found: {path}")
+    if not path.is_file():
+        raise DataError(f"not a file: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise DataError(f"unsupported file type {path.suffix or '(none)'!r}: {path}; expected .npy, .npz or .csv")
+    if path.stat().st_size == 0:
+        raise DataError(f"empty file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if suffix in _MAGIC and not magic.startswith(_MAGIC[suffix]):
+        raise DataError(f"not a {suffix} file (it does not start with {_MAGIC[suffix]!r}): {path}")
+    if suffix == ".npz":
+        return _load_npz(path, seed=seed)
+    if suffix == ".npy":
+        x, image_shape = _points(_np_load(path), f"{path}")
+    else:
+        x, image_shape = _read_csv(path), None
+    return _split_single(path, x, image_shape, seed=seed)
+
+
+def _np_load(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err).lower() or "object" in str(err).lower():
+            raise DataError(f"{path} holds Python objects (pickled); save a numeric array instead") from err
+        raise DataError(f"cannot read {path}: {err}") from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"cannot read {path}: not a .npy array")
+    return array
+
+
+def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Check an array and flatten it to (N, D) float32; 3-D arrays are images (N, H, W)."""
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where}: expected numeric values, got dtype {array.dtype}")
+    if array.ndim not in (2, 3):
+        raise DataError(f"{where}: expected a 2-D (N, D) array or 3-D (N, H, W) images, got shape {array.shape}")
+    if array.size == 0:
+        raise DataError(f"{where}: empty array of shape {array.shape}")
+    image_shape = (int(array.shape[1]), int(array.shape[2])) if array.ndim == 3 else None
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf, reported just below
+        x = np.ascontiguousarray(array.reshape(array.shape[0], -1), dtype=np.float32)
+    _check_finite(x, where)
+    return x, image_shape
+
+
+def _check_finite(x: np.ndarray, where: str, lines: list[int] | None = None) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = int(bad.any(axis=1).argmax())
+        at = f"row {row}" if lines is None else f"row {row} (line {lines[row]})"
+        raise DataError(f"{where}: {int(bad.sum())} NaN or inf values, the first in {at}")
+
+
+def _split_single(path: Path, x: np.ndarray, image_shape: tuple[int, int] | None, *, seed: int) -> Dataset:
+    if x.shape[0] < 3:
+        raise DataError(f"{path}: need at least 3 rows to make train, validation and test splits, got {x.shape[0]}")
+    data = as_float32(x)
+    train, validation, test = (data[i] for i in permutation_split(len(data), seed=seed))
+    return _dataset(path, (train, validation, test), None, image_shape)
+
+
+def _dataset(
+    path: Path,
+    splits: tuple[Tensor, Tensor, Tensor],
+    labels: tuple[Tensor, Tensor, Tensor] | None,
+    image_shape: tuple[int, int] | None,
+) -> Dataset:
+    return Dataset(
+        name=str(path),
+        train=splits[0],
+        validation=splits[1],
+        test=splits[2],
+        train_labels=None if labels is None else labels[0],
+        validation_labels=None if labels is None else labels[1],
+        test_labels=None if labels is None else labels[2],
+        image_shape=image_shape,
+        binarize="none",
+        support=infer_support(*splits),
+        source=str(path.resolve()),
+    )
+
+
+def _load_npz(path: Path, *, seed: int) -> Dataset:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"cannot read {path}: not an .npz archive")
+    with archive:
+        keys = list(archive.files)
+        label_keys = [f"{s}_labels" for s in SPLIT_KEYS]
+        if set(SPLIT_KEYS) <= set(keys) and set(keys) <= set(SPLIT_KEYS) | set(label_keys):
+            arrays = {k: _npz_array(archive, k, path) for k in keys}
+        elif len(keys) == 1:
+            x, image_shape = _points(_npz_array(archive, keys[0], path), f"{path}[{keys[0]}]")
+            return _split_single(path, x, image_shape, seed=seed)
+        else:
+            raise DataError(
+                f"{path}: expected keys train, validation, test (optionally train_labels, validation_labels, "
+                f"test_labels) or a single array, got keys {', '.join(keys) or '(none)'}"
+            )
+    points = [_points(arrays[k], f"{path}[{k}]") for k in SPLIT_KEYS]
+    dims = [x.shape[1] for x, _ in points]
+    if len(set(dims)) > 1:
+        sizes = ", ".join(f"{k} {d}" for k, d in zip(SPLIT_KEYS, dims, strict=True))
+        raise DataError(f"{path}: the splits have different data dimensions D: {sizes}")
+    shapes = {shape for _, shape in points}
+    image_shape = shapes.pop() if len(shapes) == 1 else None
+    splits = (as_float32(points[0][0]), as_float32(points[1][0]), as_float32(points[2][0]))
+    labels: tuple[Tensor, Tensor, Tensor] | None = None
+    if any(k in arrays for k in label_keys):
+        y = [_labels(arrays.get(k), f"{path}[{k}]", len(x)) for k, (x, _) in zip(label_keys, points, strict=True)]
+        labels = (y[0], y[1], y[2])
+    return _dataset(path, splits, labels, image_shape)
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(archive[key])
+    except ValueError as err:
+        raise DataError(f"{path}[{key}] holds Python objects (pickled); save numeric arrays instead") from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}[{key}]: {err}") from err
+
+
+def _labels(array: np.ndarray | None, where: str, n: int) -> Tensor:
+    if array is None:
+        raise DataError(f"{where} is missing: give labels for all three splits or none")
+    if array.dtype.kind not in "iu" or array.shape != (n,):
+        raise DataError(f"{where}: expected ({n},) integer labels, got shape {array.shape} dtype {array.dtype}")
+    return as_labels(array)
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """Parse a numeric CSV into (N, D) float32; a first row in which no field is a number is a header.
+
+    numpy's C parser reads well-formed files; anything it rejects, or any NaN / inf, is re-read line by line to
+    name the offending line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise DataError(f"{path}: no data rows")
+    header = all(_float(f) is None for f in lines[first].split(","))
+    try:
+        with np.errstate(over="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported below
+            x = np.loadtxt(
+                io.StringIO(text), delimiter=",", comments=None, skiprows=first + header, ndmin=2, dtype=np.float64
+            ).astype(np.float32)
+        if x.size and np.isfinite(x).all():
+            return x
+    except ValueError:
+        pass
+    return _read_csv_by_line(path, lines, header)
+
+
+def _read_csv_by_line(path: Path, lines: list[str], header: bool) -> np.ndarray:
+    rows: list[list[float]] = []
+    numbers: list[int] = []  # the 1-based line number of each row
+    width = None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if header and width is None:
+            width = len(fields)
+            continue
+        values = [_float(f) for f in fields]
+        bad = next((f for f, v in zip(fields, values, strict=True) if v is None), None)
+        if bad is not None:
+            raise DataError(f"{path}, line {number}: non-numeric value {bad!r}")
+        if width is not None and len(values) != width:
+            raise DataError(f"{path}, line {number}: {len(values)} values, expected {width}")
+        width = len(values)
+        rows.append([v for v in values if v is not None])
+        numbers.append(number)
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    with np.errstate(over="ignore"):
+        x = np.asarray(rows, dtype=np.float64).astype(np.float32)
+    _check_finite(x, str(path), numbers)
+    return x
+
+
+def _float(field: str) -> float | None:
+    try:
+        return float(field)
+    except ValueError:
+        return None

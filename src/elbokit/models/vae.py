@@ -1,0 +1,190 @@
+r"""The variational autoencoder: a decoder network for p(x|z) and an encoder network, the guide, for q(z|x).
+
+.. math::
+    z \sim \mathcal N(0, I_d), \qquad x \mid z \sim p(x \mid \mathrm{dec}_\theta(z)), \qquad
+    q_\phi(z \mid x) = \mathcal N(m_\phi(x), S_\phi(x))
+
+(Kingma & Welling 2014; Rezende et al. 2014). A VAE is a :class:`~elbokit.models.LatentModel` (``prior()``,
+``likelihood(z)``) whose ``encoder`` is a guide, so every estimator takes it as ``(vae, vae.encoder, x)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+from elbokit.models.likelihoods import Likelihood, make_likelihood
+from elbokit.models.mlp import mlp
+
+if TYPE_CHECKING:
+    from elbokit.guides import Covariance
+
+
+class VAE(nn.Module):
+    r"""p(z) = N(0, I_d), p(x|z) = ``likelihood(decoder(z))``, q(z|x) = ``encoder(x)``.
+
+    Args:
+        encoder: a guide, x (B, D) -> Distribution with batch (B,), event (d,), typically
+            :class:`elbokit.AmortizedGaussian`.
+        decoder: z (..., d) -> (..., likelihood.output_size(D)); it must act on the last dimension only, as
+            ``nn.Linear`` does, because the estimators call it on (K, B, d) samples at once.
+        likelihood: the observation model, stored as ``observation`` (``likelihood`` is the protocol's method).
+        latent_dim: d.
+
+    References:
+        Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
+        Rezende, Mohamed & Wierstra, "Stochastic backpropagation and approximate inference in deep generative
+        models", ICML 2014.
+    """
+
+    _prior_loc: Tensor
+    _prior_scale: Tensor
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, *, latent_dim: int) -> None:
+        super().__init__()
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
+        if not isinstance(likelihood, Likelihood):
+            raise ValueError(f"likelihood must be an elbokit Likelihood, got {type(likelihood).__name__}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.observation = likelihood
+        self.latent_dim = latent_dim
+        # Buffers, so that p(z) follows .to(device, dtype); not saved: they are constants.
+        self.register_buffer("_prior_loc", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("_prior_scale", torch.ones(latent_dim), persistent=False)
+
+    @classmethod
+    def mlp(
+        cls,
+        data_dim: int,
+        latent_dim: int,
+        *,
+        hidden: Sequence[int] = (200, 200),
+        activation: type[nn.Module] = nn.Tanh,
+        likelihood: str | Likelihood = "bernoulli",
+        covariance: Covariance = "diagonal",
+        min_scale: float = 1e-5,
+    ) -> VAE:
+        """An MLP VAE: encoder D -> hidden... -> q's parameters, decoder d -> reversed(hidden)... -> p's.
+
+        With ``hidden=(200, 200)``, ``latent_dim=50`` and tanh this is Burda et al. (2016)'s 784-200-200-50
+        architecture.
+
+        Args:
+            data_dim: D.
+            latent_dim: d.
+            hidden: encoder hidden widths; the decoder uses them in reverse.
+            activation: nonlinearity between layers, in both networks.
+            likelihood: a :class:`Likelihood` or its spec (``"bernoulli"``, ``"gaussian:learned"``, ...).
+            covariance: q's covariance, ``"diagonal"`` or ``"full"``.
+            min_scale: floor of q's standard deviations.
+
+        References:
+            Burda, Grosse & Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
+        """
+        from elbokit.guides import AmortizedGaussian  # not at module level: guides imports elbokit.models
+
+        observation = make_likelihood(likelihood, data_dim) if isinstance(likelihood, str) else likelihood
+        hidden = tuple(hidden)
+        encoder = AmortizedGaussian.mlp(
+            data_dim, latent_dim, hidden=hidden, covariance=covariance, activation=activation, min_scale=min_scale
+        )
+        decoder = mlp((latent_dim, *reversed(hidden), observation.output_size(data_dim)), activation=activation)
+        return cls(encoder, decoder, observation, latent_dim=latent_dim)
+
+    # ---- the model: LatentModel protocol ---------------------------------------------------------------------
+    def prior(self) -> Distribution:
+        """p(z) = N(0, I_d): batch (), event (d,), on the module's device and dtype."""
+        return Independent(Normal(self._prior_loc, self._prior_scale), 1)
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        """p(x|z) = observation(decoder(z)): z (..., d) -> batch (...), event (D,)."""
+        return self.observation(self.decoder(z))  # decoder output: (..., output_size(D))
+
+    def forward(self, x: Tensor) -> Distribution:
+        """q(z|x) = encoder(x): batch (B,), event (d,)."""
+        return self.encoder(x)
+
+    # ---- initialisation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_output_bias(self, data_mean: Tensor) -> None:
+        """Set the decoder's last bias so that E[x|z] = data_mean wherever the last weights give 0.
+
+        Bernoulli: logit(clamped mean) (as Burda et al. 2016 did); continuous Bernoulli: the logits whose CB
+        mean is the data mean; Gaussian and Laplace: the mean itself (a decoder scale's raw outputs are left
+        as they are).
+
+        Args:
+            data_mean: (D,) per-coordinate mean of the training data.
+
+        Raises:
+            TypeError: if the decoder's last module is not an ``nn.Linear`` with a bias.
+        """
+        last = self.decoder[-1] if isinstance(self.decoder, nn.Sequential) else self.decoder
+        if not isinstance(last, nn.Linear) or last.bias is None:
+            raise TypeError(
+                f"init_output_bias needs a decoder ending in nn.Linear with a bias, got {type(last).__name__}"
+            )
+        data_mean = data_mean.reshape(-1)
+        d = data_mean.shape[0]
+        if self.observation.output_size(d) != last.out_features:
+            raise ValueError(
+                f"data_mean has {d} entries; the decoder outputs {last.out_features}, "
+                f"not {self.observation.output_size(d)} as the {self.observation.name} likelihood needs for D = {d}"
+            )
+        target = data_mean.to(dtype=last.bias.dtype, device=last.bias.device)
+        last.bias[:d] = self.observation.inverse_mean(target)
+
+    # ---- utilities -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """E[x|z]: z (..., d) -> (..., D)."""
+        return self.observation.mean(self.decoder(z))
+
+    def _decode_or_draw(self, z: Tensor, mean: bool) -> Tensor:
+        return self.decode(z) if mean else self.likelihood(z).sample()
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, mean: bool = True) -> Tensor:
+        """z_i ~ p(z), i = 1..n, decoded to E[x|z_i] (``mean=True``) or to a draw x_i ~ p(x|z_i): (n, D).
+
+        z follows ``generator``; a draw of x uses torch's global RNG (torch.distributions takes no generator).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        loc = self._prior_loc
+        z = torch.randn(n, self.latent_dim, generator=generator, device=loc.device, dtype=loc.dtype)  # (n, d)
+        return self._decode_or_draw(z, mean)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, *, mean: bool = True) -> Tensor:
+        """Decode the mean of q(z|x): E[x | z = E_q z] (``mean=True``) or a draw from p(x | z = E_q z): (B, D)."""
+        return self._decode_or_draw(self.encoder(x).mean, mean)  # z: (B, d)
+
+    @torch.no_grad()
+    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
+        """E[x|z] along the segment from E_q[z|x_a] to E_q[z|x_b], endpoints included: (steps, D).
+
+        Args:
+            x_a: (D,) or (1, D).
+            x_b: (D,) or (1, D).
+            steps: points on the segment, >= 2.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+        ends = []
+        for name, x in (("x_a", x_a), ("x_b", x_b)):
+            if x.dim() == 1:
+                x = x.unsqueeze(0)
+            if x.dim() != 2 or x.shape[0] != 1:
+                raise ValueError(f"{name} must have shape (D,) or (1, D), got {tuple(x.shape)}")
+            ends.append(x)
+        m = self.encoder(torch.cat(ends)).mean  # (2, d)
+        t = torch.linspace(0, 1, steps, dtype=m.dtype, device=m.device).unsqueeze(-1)  # (steps, 1)
+        z = torch.lerp(m[:1], m[1:], t)  # (steps, d), exactly m[0] at t = 0 and m[1] at t = 1
+        return self.decode(z)

@@ -1,0 +1,175 @@
+"""Checkpoints that survive a crash and resume exactly, and that load without unpickling.
+
+One file, ``checkpoint.safetensors``, holds every tensor a resumed run needs: the model's parameters
+(``model.*``), the optimizer's state (``optimizer.<param index>.<name>``) and the random-number generators'
+states (``rng.*``). Its safetensors header metadata holds the rest as JSON under the key ``elbokit``: epoch,
+step, position in the epoch's data order, the optimizer's hyper-parameters and the run's configuration. Being
+one file, it is replaced atomically (temporary file, fsync, rename, fsync of the folder): a crash leaves the
+previous checkpoint or the new one, never a mix. ``state.json`` beside it is a readable copy of the metadata,
+written after it.
+
+Loading reads the safetensors format only (never pickle) and refuses, with one line naming the file, a
+truncated or foreign file and one whose tensors do not fit the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_tensors
+from torch import Tensor, nn
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "state.json"
+FORMAT = "elbokit-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, foreign or does not fit the model (one-line message)."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any point leaves either the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover  (platforms without directory fds)
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds: tensors by name, and the JSON state."""
+
+    tensors: dict[str, Tensor]
+    state: dict[str, Any]
+
+    def prefixed(self, prefix: str) -> dict[str, Tensor]:
+        return {name[len(prefix) :]: t for name, t in self.tensors.items() if name.startswith(prefix)}
+
+
+def rng_tensors(generators: dict[str, torch.Generator] | None = None) -> dict[str, Tensor]:
+    """The global CPU (and CUDA) generator states, and those of named generators, as tensors."""
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = state
+    for name, gen in (generators or {}).items():
+        out[f"rng.gen.{name}"] = gen.get_state()
+    return out
+
+
+def restore_rng(checkpoint: Checkpoint, generators: dict[str, torch.Generator] | None = None) -> None:
+    torch.set_rng_state(checkpoint.tensors["rng.torch"])
+    cuda = checkpoint.prefixed("rng.cuda.")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([cuda[str(i)] for i in range(len(cuda))])
+    for name, gen in (generators or {}).items():
+        gen.set_state(checkpoint.tensors[f"rng.gen.{name}"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    generators: dict[str, torch.Generator] | None = None,
+) -> None:
+    """Write ``run_dir/checkpoint.safetensors`` atomically, then ``state.json`` beside it."""
+    tensors: dict[str, Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        tensors[f"model.{name}"] = tensor.detach().cpu().contiguous().clone()
+    opt = optimizer.state_dict()
+    for index, param_state in opt["state"].items():
+        for key, value in param_state.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"optimizer state {key!r} is not a tensor; it cannot be checkpointed")
+            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous().clone()
+    tensors.update({name: t.cpu().contiguous() for name, t in rng_tensors(generators).items()})
+    full_state = {"format": FORMAT, **state, "param_groups": opt["param_groups"]}
+    metadata = {"elbokit": json.dumps(full_state)}
+    run_dir = Path(run_dir)
+    atomic_write(run_dir / CHECKPOINT, save_tensors(tensors, metadata=metadata))
+    atomic_write(run_dir / STATE, (json.dumps(full_state, indent=2) + "\n").encode())
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read a checkpoint without unpickling; CheckpointError for a missing, truncated or foreign file."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in {run_dir} ({CHECKPOINT} is missing)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or foreign?): {detail}") from None
+    try:
+        state = json.loads(metadata["elbokit"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is a safetensors file but not an elbokit checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has an unknown checkpoint format {state.get('format')!r}, expected {FORMAT}")
+    if "rng.torch" not in tensors:
+        raise CheckpointError(f"{path} lacks the random-number state an elbokit checkpoint holds")
+    return Checkpoint(tensors=tensors, state=state)
+
+
+def load_model_state(model: nn.Module, checkpoint: Checkpoint, *, source: str = "the checkpoint") -> None:
+    """Load ``model.*`` tensors, refusing (one line) a checkpoint of another architecture."""
+    saved = checkpoint.prefixed("model.")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"has an unexpected {extra[0]!r}"
+        raise CheckpointError(f"{source} does not fit the model: it {what} (another architecture?)")
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{source} does not fit the model: {name} has shape {tuple(saved[name].shape)}, "
+                f"the model's is {tuple(tensor.shape)} (another architecture?)"
+            )
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(saved[name])
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in checkpoint.prefixed("optimizer.").items():
+        index, _, key = name.partition(".")
+        state.setdefault(int(index), {})[key] = tensor
+    groups = checkpoint.state.get("param_groups")
+    if not isinstance(groups, list):
+        raise CheckpointError("the checkpoint lacks the optimizer's parameter groups")
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"the checkpoint's optimizer state does not fit: {err}") from None

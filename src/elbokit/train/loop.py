@@ -1,0 +1,319 @@
+r"""``fit()``: a plain training loop over ``torch.optim.Adam`` on any of the engine's bounds.
+
+Each step maximises the chosen bound on a minibatch (it minimises ``Bound.loss``): the β_t-weighted ELBO with
+an analytic KL where one is registered, or IWAE_k. After each epoch the validation bound is computed, a line
+is appended to ``metrics.jsonl`` and the checkpoint is replaced atomically. Everything random (parameter
+initialisation, data order, dynamic binarization, Monte-Carlo draws) follows from the seed, and the data order
+and binarization of an epoch depend only on (seed, epoch), so a run resumed from its checkpoint takes exactly
+the steps an uninterrupted run takes and ends with bit-identical parameters (same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, kl_divergence
+from tqdm import tqdm
+
+from elbokit.config import RunConfig
+from elbokit.data import Dataset
+from elbokit.estimators import elbo, iwae
+from elbokit.models.base import Guide, LatentModel
+from elbokit.train.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    restore_rng,
+    save_checkpoint,
+)
+from elbokit.train.schedules import Schedule, check_reaches_target, parse_schedule
+from elbokit.types import Bound
+
+METRICS = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite bound or gradient: training stopped, the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` did: epochs and steps completed, per-epoch metrics, and why it stopped."""
+
+    epochs: int
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_validation: float | None = None
+    stopped: str = "completed"  # "completed", "early-stopping" or "interrupted"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A generator for one epoch's data order (stream 0) or binarization (stream 1): a function of
+    (seed, epoch) alone, so a resumed run draws what an uninterrupted one does."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 4 + stream)
+
+
+def _epoch_data(train: Tensor, *, seed: int, epoch: int, dynamic: bool) -> tuple[Tensor, Tensor]:
+    order = torch.randperm(train.shape[0], generator=epoch_generator(seed, epoch, 0)).to(train.device)
+    if not dynamic:
+        return train, order
+    # Dynamic binarization (a fresh x ~ Bernoulli(intensity) each epoch), drawn on the CPU for device-free
+    # reproducibility.
+    draw = torch.bernoulli(train.cpu(), generator=epoch_generator(seed, epoch, 1))
+    return draw.to(train.device), order
+
+
+def _free_bits_kl(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
+    r"""Σ_j max(λ, mean_batch KL(q(z_j|x) ‖ p(z_j))) (Kingma et al. 2016): a scalar."""
+    if not (isinstance(q, Independent) and isinstance(prior, Independent)):
+        raise ValueError("free bits needs a factorised q and prior (Independent distributions)")
+    per_dim = kl_divergence(q.base_dist, prior.base_dist)  # (B, d)
+    return per_dim.mean(0).clamp(min=free_bits).sum()
+
+
+def training_bound(
+    model: LatentModel, guide: Guide, x: Tensor, config: RunConfig, schedule: Schedule, step: int
+) -> tuple[Bound, Tensor, float]:
+    """The step's bound, the loss to minimise and β_t."""
+    if config.objective == "iwae":
+        bound = iwae(model, guide, x, k=config.k)
+        return bound, bound.loss, 1.0
+    beta = config.beta * schedule.factor(step)
+    if schedule.kind != "freebits":
+        bound = elbo(model, guide, x, samples=config.k, beta=beta)
+        return bound, bound.loss, beta
+    q = guide(x)
+    bound = elbo(model, lambda _x: q, x, samples=config.k, beta=0.0)
+    loss = bound.loss + beta * _free_bits_kl(q, model.prior(), schedule.free_bits)
+    return bound._replace(value=bound.reconstruction - beta * bound.kl), loss, beta
+
+
+@torch.inference_mode()
+def evaluate_bound(
+    model: LatentModel, guide: Guide, x: Tensor, *, objective: str = "elbo", k: int = 1, batch_size: int = 1000
+) -> dict[str, float]:
+    """Mean ELBO (β = 1, analytic KL), its reconstruction and KL, and IWAE_k for the iwae objective."""
+    totals = {"bound": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+    for start in range(0, x.shape[0], batch_size):
+        batch = x[start : start + batch_size]
+        b = elbo(model, guide, batch)
+        totals["elbo"] += float(b.value.sum())
+        totals["reconstruction"] += float(b.reconstruction.sum())
+        totals["kl"] += float(b.kl.sum())
+        totals["bound"] += float(iwae(model, guide, batch, k=k).value.sum()) if objective == "iwae" else 0.0
+    n = x.shape[0]
+    out = {name: value / n for name, value in totals.items()}
+    if objective != "iwae":
+        out["bound"] = out["elbo"]
+    return out
+
+
+@contextmanager
+def _stop_requests() -> Iterator[Callable[[], bool]]:
+    """SIGINT / SIGTERM set a flag checked between steps (the main thread only; elsewhere, no handlers)."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        requested.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield requested.is_set
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _check_finite(bound: Bound, loss: Tensor, *, step: int, epoch: int, where: str) -> None:
+    if bool(torch.isfinite(loss)):
+        return
+    if not bool(torch.isfinite(bound.reconstruction).all()):
+        term = "reconstruction term E_q log p(x|z)"
+    elif not bool(torch.isfinite(bound.kl).all()):
+        term = "KL term"
+    else:
+        term = "bound"
+    raise TrainingDiverged(f"non-finite {term} at step {step} (epoch {epoch + 1}); {where}")
+
+
+def fit(
+    model: nn.Module,
+    guide: Guide,
+    data: Dataset,
+    config: RunConfig,
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (and the guide's parameters) by Adam on ``config``'s objective.
+
+    Args:
+        model: a LatentModel ``nn.Module`` (e.g. ``VAE``); its parameters, and the guide's, are trained.
+        guide: x -> q(z|x) (e.g. ``vae.encoder``).
+        data: train / validation splits; ``data.binarize == "dynamic"`` draws x ~ Bernoulli(train) per epoch.
+        config: objective, schedule, optimisation settings and seed.
+        out: run directory for ``metrics.jsonl`` and the checkpoint (None: nothing written).
+        resume: continue from ``out``'s checkpoint.
+        on_epoch: called with each epoch's metrics.
+
+    Returns:
+        FitResult. Raises TrainingDiverged on a non-finite bound or gradient (the last checkpoint is kept).
+    """
+    latent = cast(LatentModel, model)
+    device = resolve_device(config.device)
+    model.to(device)
+    if isinstance(guide, nn.Module):
+        guide.to(device)
+    params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    train = data.train[: config.limit].to(device)
+    validation = data.validation.to(device)
+    n = train.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    schedule = parse_schedule(config.anneal, steps_per_epoch=steps_per_epoch)
+    if config.objective == "iwae" and (schedule.kind != "constant" or config.beta != 1.0):
+        raise ValueError("β and annealing apply to the elbo objective; the iwae objective is the IWAE_k bound")
+    warning = check_reaches_target(schedule, steps_per_epoch * config.epochs, config.beta)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    dynamic = data.binarize == "dynamic"
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    _set_training(model, guide, True)
+
+    epoch, position, step = 0, 0, 0
+    sums = {"bound": 0.0, "reconstruction": 0.0, "kl": 0.0, "seconds": 0.0}
+    history: list[dict[str, Any]] = []
+    best: float | None = None
+    since_best = 0
+    if resume:
+        if out is None:
+            raise ValueError("resume needs a run directory")
+        checkpoint = load_checkpoint(out)
+        load_model_state(model, checkpoint, source=f"{out}/checkpoint.safetensors")
+        load_optimizer_state(optimizer, checkpoint)
+        restore_rng(checkpoint)
+        s = checkpoint.state
+        epoch, position, step = int(s["epoch"]), int(s["position"]), int(s["step"])
+        sums = dict(s["sums"])
+        best, since_best = s.get("best"), int(s.get("since_best", 0))
+        history = _read_metrics(out, keep=epoch)
+
+    def save(where: str) -> None:
+        if out is None:
+            return
+        state = {
+            "epoch": epoch, "position": position, "step": step, "sums": sums, "best": best,
+            "since_best": since_best, "config": config.to_dict(), "saved": where,
+        }  # fmt: skip
+        save_checkpoint(out, model=model, optimizer=optimizer, state=state)
+
+    kept = f"the last good checkpoint is kept in {out}" if out is not None else "nothing was saved"
+    progress = not config.quiet and sys.stderr.isatty()
+    stopped = "completed"
+    with _stop_requests() as stop_requested:
+        while epoch < config.epochs:
+            x_epoch, order = _epoch_data(train, seed=config.seed, epoch=epoch, dynamic=dynamic)
+            bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress, leave=False, unit="step")  # fmt: skip
+            started = time.perf_counter()
+            while position < steps_per_epoch:
+                if stop_requested():
+                    sums["seconds"] += time.perf_counter() - started
+                    save("interrupted")
+                    bar.close()
+                    return FitResult(epoch, step, history, best, "interrupted")
+                index = order[position * config.batch_size : (position + 1) * config.batch_size]
+                x = x_epoch[index]
+                bound, loss, _beta = training_bound(latent, guide, x, config, schedule, step)
+                _check_finite(bound, loss, step=step, epoch=epoch, where=kept)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+                    if not bool(torch.isfinite(norm)):
+                        raise TrainingDiverged(f"non-finite gradient at step {step} (epoch {epoch + 1}); {kept}")
+                optimizer.step()
+                with torch.no_grad():
+                    sums["bound"] += float(bound.value.sum())
+                    sums["reconstruction"] += float(bound.reconstruction.sum())
+                    sums["kl"] += float(bound.kl.sum())
+                position += 1
+                step += 1
+                bar.update(1)
+                if progress and position % 20 == 0:
+                    bar.set_postfix(bound=f"{sums['bound'] / min(n, position * config.batch_size):.2f}")
+            bar.close()
+            sums["seconds"] += time.perf_counter() - started
+            _set_training(model, guide, False)
+            valid = evaluate_bound(latent, guide, validation, objective=config.objective, k=config.k)
+            _set_training(model, guide, True)
+            if not math.isfinite(valid["bound"]):
+                raise TrainingDiverged(f"non-finite validation bound after epoch {epoch + 1}; {kept}")
+            record = {
+                "epoch": epoch + 1, "step": step, "beta": config.beta * schedule.factor(step - 1),
+                "train_bound": sums["bound"] / n, "train_reconstruction": sums["reconstruction"] / n,
+                "train_kl": sums["kl"] / n, "validation_bound": valid["bound"], "validation_elbo": valid["elbo"],
+                "validation_reconstruction": valid["reconstruction"], "validation_kl": valid["kl"],
+                "seconds": sums["seconds"], "examples_per_second": n / max(sums["seconds"], 1e-9),
+            }  # fmt: skip
+            history.append(record)
+            if best is None or valid["bound"] > best:
+                best, since_best = valid["bound"], 0
+            else:
+                since_best += 1
+            epoch, position = epoch + 1, 0
+            sums = {"bound": 0.0, "reconstruction": 0.0, "kl": 0.0, "seconds": 0.0}
+            if out is not None:
+                with (out / METRICS).open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            save("epoch")
+            if on_epoch is not None:
+                on_epoch(record)
+            if config.patience is not None and since_best >= config.patience:
+                stopped = "early-stopping"
+                break
+    return FitResult(epoch, step, history, best, stopped)
+
+
+def _set_training(model: nn.Module, guide: Guide, mode: bool) -> None:
+    model.train(mode)
+    if isinstance(guide, nn.Module):
+        guide.train(mode)
+
+
+def _read_metrics(out: Path, *, keep: int) -> list[dict[str, Any]]:
+    """The metrics of the first ``keep`` epochs; later lines (from after the checkpoint) are dropped."""
+    path = out / METRICS
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines][:keep]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    return records
