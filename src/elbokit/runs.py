@@ -40,14 +40,16 @@ def load_data(config: RunConfig) -> Dataset:
 
 
 def build_model(config: RunConfig, data_dim: int) -> VAE:
-    """The VAE a config describes: MLP encoder and mirrored decoder, the chosen likelihood."""
-    return VAE.mlp(
+    """The VAE a config describes: MLP encoder and mirrored decoder, the chosen likelihood; float32, the
+    datasets' dtype, whatever torch's default dtype."""
+    model = VAE.mlp(
         data_dim,
         config.latent_dim,
         hidden=config.hidden,
         activation=ACTIVATIONS[config.activation],
         likelihood=config.likelihood,
     )
+    return model.to(torch.float32)
 
 
 def check_data(model: VAE, data: Dataset) -> None:
