@@ -24,10 +24,10 @@ $(VENV)/.mnist: $(PY)
 	touch $@
 
 install: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet --no-warn-conflicts -e .
 
 install-dev: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[dev]'
 
 # The main job: the standard VAE (784-200-200-50, tanh, Bernoulli) on binarized MNIST, then log p(x) on
 # 1,000 test images with k = 1000 importance samples. Leaves runs/demo (metrics, checkpoint, PNGs).

@@ -425,6 +425,24 @@ def test_download_network_error(tmp_path: Path) -> None:
     assert list((tmp_path / "mnist").iterdir()) == []
 
 
+def test_cli_data_download_against_the_local_mirror(
+    mirror: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from elbokit.cli import main
+
+    url, served = mirror
+    assert main(["data", "download", "mnist", "--cache-dir", str(tmp_path / "c"), "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "c" / "mnist")
+    for name in MNIST_FILES:
+        assert (tmp_path / "c" / "mnist" / name).read_bytes() == (served / name).read_bytes()
+    (served / TRAIN_LABELS).unlink()
+    assert main(["data", "download", "mnist", "--cache-dir", str(tmp_path / "d"), "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("elbokit: error: ") and "HTTP 404" in err and len(err.strip().splitlines()) == 1
+    assert main(["data", "list"]) == 0
+    assert "binarized-mnist" in capsys.readouterr().out.split()
+
+
 def test_download_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot download 'cifar10'"):
         download("cifar10", cache_dir=tmp_path)

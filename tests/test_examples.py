@@ -10,12 +10,15 @@ from types import ModuleType
 
 import pytest
 
+from conftest import Z
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["quickstart.py"], ["train_ppca.py", "--steps", "5"], ["gradient_variance.py", "--repeats", "3"]],
+    [["quickstart.py"], ["train_ppca.py", "--steps", "5"], ["gradient_variance.py", "--repeats", "3"],
+     ["train_vae.py", "--epochs", "1"]],
     ids=lambda argv: argv[0],
 )
 def test_example_runs(argv: list[str]) -> None:
@@ -45,3 +48,16 @@ def test_elbo_training_reaches_the_ppca_maximum_likelihood(gradient: str) -> Non
     assert r["ml_log_px"] - r["trained_log_px"] < 2e-3
     assert 0 <= r["trained_log_px"] - r["trained_exact_elbo"] < 2e-3
     assert abs(r["trained_noise_scale"] - r["ml_noise_scale"]) < 2e-3
+
+
+def test_a_trained_vae_approaches_but_does_not_beat_the_true_density() -> None:
+    """On data from a known linear-Gaussian model, E_data[log p_true(x) - log p_VAE(x)] = KL(p_true || p_VAE) >= 0.
+    The paired per-point difference (1,000 test points) must be >= 0 within Z standard errors (over points) and,
+    after 15 epochs, small: measured 0.30 ± 0.03 nats with the seed below (0.14 after 30 epochs); the bound
+    asserted, 0.5, is loose for training noise but far below an untrained model's gap (tens of nats). The
+    importance-sampled log p(x) also sits above the ELBO."""
+    r = _load("train_vae").train(epochs=15, anneal="linear:3ep", seed=0)
+    assert r["final_beta"] == 1.0
+    assert r["gap_to_truth"] > -Z * r["gap_to_truth_stderr"]
+    assert r["gap_to_truth"] < 0.5
+    assert r["log_px"] > r["elbo"]

@@ -278,6 +278,21 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path: Path, objective
     assert [strip(line) for line in a] == [strip(line) for line in b]
 
 
+def test_sigint_and_sigterm_request_a_stop_between_steps() -> None:
+    import os
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with loop_module._stop_requests() as requested:
+        assert not requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert requested()
+    assert signal.getsignal(signal.SIGTERM) is previous
+    with loop_module._stop_requests() as requested:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert requested()
+
+
 class _ContextReturning:
     def __init__(self, fn: object) -> None:
         self.fn = fn

@@ -10,27 +10,37 @@ The whole public API::
     ek.log_marginal(model, guide, x, k=5000)                                   # -> Estimate
     ek.gradient_variance(model, guide, x, params=...)                          # -> {name: GradientStats}
     ek.AmortizedGaussian, ek.LocalGaussian                                     # guides
+    ek.VAE.mlp(784, 50, hidden=(200, 200), likelihood="bernoulli")             # a model whose encoder is a guide
+    ek.fit(vae, vae.encoder, ek.data.load("binarized-mnist"), ek.RunConfig(epochs=10))  # -> FitResult
 """
 
+from elbokit import data
 from elbokit import distributions as _distributions  # noqa: F401  (registers extra KL pairs)
+from elbokit.config import RunConfig
 from elbokit.estimators import elbo, gradient_variance, iwae, iwae_bound, log_marginal, log_weights
 from elbokit.guides import AmortizedGaussian, LocalGaussian
-from elbokit.models import Guide, LatentModel, LinearGaussian
+from elbokit.models import VAE, Guide, LatentModel, LinearGaussian
+from elbokit.train import FitResult, fit
 from elbokit.types import Bound, Estimate, GradientStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "VAE",
     "AmortizedGaussian",
     "Bound",
     "Estimate",
+    "FitResult",
     "GradientStats",
     "Guide",
     "LatentModel",
     "LinearGaussian",
     "LocalGaussian",
+    "RunConfig",
     "__version__",
+    "data",
     "elbo",
+    "fit",
     "gradient_variance",
     "iwae",
     "iwae_bound",
