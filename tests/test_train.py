@@ -27,7 +27,8 @@ from elbokit.train import (
     save_checkpoint,
 )
 from elbokit.train import loop as loop_module
-from elbokit.train.loop import _free_bits_kl, epoch_generator
+from elbokit.train.loop import epoch_generator
+from elbokit.train.objective import _free_bits_kl
 
 # -- schedules ---------------------------------------------------------------------------------------------------
 

@@ -25,12 +25,10 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, kl_divergence
 from tqdm import tqdm
 
 from elbokit.config import RunConfig
 from elbokit.data import Dataset
-from elbokit.estimators import elbo, iwae
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.checkpoint import (
     atomic_write,
@@ -40,7 +38,8 @@ from elbokit.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from elbokit.train.schedules import Schedule, check_reaches_target, parse_schedule
+from elbokit.train.objective import evaluate_bound, training_bound
+from elbokit.train.schedules import check_reaches_target, parse_schedule
 from elbokit.types import Bound
 
 METRICS = "metrics.jsonl"
@@ -81,51 +80,6 @@ def _epoch_data(train: Tensor, *, seed: int, epoch: int, dynamic: bool) -> tuple
     # reproducibility.
     draw = torch.bernoulli(train.cpu(), generator=epoch_generator(seed, epoch, 1))
     return draw.to(train.device), order
-
-
-def _free_bits_kl(q: Distribution, prior: Distribution, free_bits: float) -> Tensor:
-    r"""Σ_j max(λ, mean_batch KL(q(z_j|x) ‖ p(z_j))) (Kingma et al. 2016): a scalar."""
-    if not (isinstance(q, Independent) and isinstance(prior, Independent)):
-        raise ValueError("free bits needs a factorised q and prior (Independent distributions)")
-    per_dim = kl_divergence(q.base_dist, prior.base_dist)  # (B, d)
-    return per_dim.mean(0).clamp(min=free_bits).sum()
-
-
-def training_bound(
-    model: LatentModel, guide: Guide, x: Tensor, config: RunConfig, schedule: Schedule, step: int
-) -> tuple[Bound, Tensor, float]:
-    """The step's bound, the loss to minimise and β_t."""
-    if config.objective == "iwae":
-        bound = iwae(model, guide, x, k=config.k)
-        return bound, bound.loss, 1.0
-    beta = config.beta * schedule.factor(step)
-    if schedule.kind != "freebits":
-        bound = elbo(model, guide, x, samples=config.k, beta=beta)
-        return bound, bound.loss, beta
-    q = guide(x)
-    bound = elbo(model, lambda _x: q, x, samples=config.k, beta=0.0)
-    loss = bound.loss + beta * _free_bits_kl(q, model.prior(), schedule.free_bits)
-    return bound._replace(value=bound.reconstruction - beta * bound.kl), loss, beta
-
-
-@torch.inference_mode()
-def evaluate_bound(
-    model: LatentModel, guide: Guide, x: Tensor, *, objective: str = "elbo", k: int = 1, batch_size: int = 1000
-) -> dict[str, float]:
-    """Mean ELBO (β = 1, analytic KL), its reconstruction and KL, and IWAE_k for the iwae objective."""
-    totals = {"bound": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
-    for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
-        b = elbo(model, guide, batch)
-        totals["elbo"] += float(b.value.sum())
-        totals["reconstruction"] += float(b.reconstruction.sum())
-        totals["kl"] += float(b.kl.sum())
-        totals["bound"] += float(iwae(model, guide, batch, k=k).value.sum()) if objective == "iwae" else 0.0
-    n = x.shape[0]
-    out = {name: value / n for name, value in totals.items()}
-    if objective != "iwae":
-        out["bound"] = out["elbo"]
-    return out
 
 
 @contextmanager
