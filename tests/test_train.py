@@ -241,11 +241,12 @@ def test_dynamic_binarization_draws_afresh_each_epoch_reproducibly() -> None:
     assert epoch_generator(1, 0, 0).initial_seed() != epoch_generator(1, 0, 1).initial_seed()
 
 
-@pytest.mark.parametrize("objective", ["elbo", "iwae", "freebits", "linear"])
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "freebits", "linear", "stl", "dreg"])
 def test_resume_after_an_interruption_is_bit_identical(tmp_path: Path, objective: str) -> None:
     extra: dict[str, object] = {
         "elbo": {}, "iwae": {"objective": "iwae", "k": 3}, "freebits": {"anneal": "freebits:0.3"},
-        "linear": {"anneal": "linear:10"},
+        "linear": {"anneal": "linear:10"}, "stl": {"gradient": "stl", "k": 2},
+        "dreg": {"objective": "iwae", "k": 4, "gradient": "dreg"},
     }[objective]  # fmt: skip
     data = _dataset("dynamic")
     straight = _vae()
@@ -397,3 +398,16 @@ def test_iwae_with_annealing_is_refused() -> None:
     model = _vae()
     with pytest.raises(ValueError, match="β and annealing apply to the elbo objective"):
         fit(model, model.encoder, _dataset(), _config(objective="iwae", k=4, anneal="linear:5"))
+
+
+@pytest.mark.parametrize(("objective", "gradient"), [("elbo", "score"), ("elbo", "stl"), ("iwae", "stl"),
+                                                     ("iwae", "dreg")])  # fmt: skip
+def test_every_gradient_estimator_trains(objective: str, gradient: str) -> None:
+    model = _vae()
+    result = fit(model, model.encoder, _dataset(), _config(epochs=5, objective=objective, k=4, gradient=gradient))
+    assert result.history[-1]["validation_bound"] > result.history[0]["validation_bound"]
+
+
+def test_a_gradient_the_objective_does_not_take_is_refused() -> None:
+    with pytest.raises(ValueError, match="the elbo objective takes gradient reparam, score, stl, got 'dreg'"):
+        _config(gradient="dreg")

@@ -45,7 +45,7 @@ from elbokit.train.checkpoint import atomic_write
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 _FIELDS = {
     "data", "data_dir", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood", "objective", "k",
-    "beta", "anneal", "epochs", "batch_size", "lr", "clip", "patience", "seed", "device", "quiet",
+    "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "clip", "patience", "seed", "device", "quiet",
 }  # fmt: skip
 
 
@@ -70,6 +70,8 @@ def _add_run_commands(commands: Any) -> None:
                       "laplace[:S|learned|decoder]")  # fmt: skip
     fit_.add_argument("--objective", choices=OBJECTIVES, help="elbo (default) or iwae")
     fit_.add_argument("--k", type=_positive_int, help="samples per point (IWAE_k for --objective iwae; default 1)")
+    fit_.add_argument("--gradient", choices=("reparam", "score", "stl", "dreg"),
+                      help="gradient estimator: reparam (default); score or stl (elbo); stl or dreg (iwae)")
     fit_.add_argument("--beta", type=_number, help="KL weight (default 1: the ELBO)")
     fit_.add_argument("--anneal", help="constant, linear:N, cyclical:N[:R] or freebits:LAMBDA (N steps or Nep)")
     fit_.add_argument("--batch-size", type=_positive_int, help="points per step (default 100)")

@@ -17,6 +17,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OBJECTIVES = ("elbo", "iwae")
+GRADIENTS = {"elbo": ("reparam", "score", "stl"), "iwae": ("reparam", "stl", "dreg")}
 ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "gelu")
 
 
@@ -36,6 +37,8 @@ class RunConfig:
     # -- objective --
     objective: str = "elbo"  # "elbo" (reconstruction - beta * KL, analytic KL) or "iwae" (IWAE_k bound)
     k: int = 1  # importance samples per point for "iwae"; Monte-Carlo samples per point for "elbo"
+    # gradient estimator: "reparam", "score" or "stl" for the elbo; "reparam", "stl" or "dreg" for iwae
+    gradient: str = "reparam"
     beta: float = 1.0  # target KL weight; the objective is the ELBO only at beta = 1
     anneal: str = "constant"  # constant, linear:N, cyclical:N[:R], freebits:LAMBDA (N in steps, or Nep epochs)
     # -- optimisation --
@@ -66,6 +69,10 @@ class RunConfig:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "iwae" and self.k < 2:
             raise ValueError(f"the iwae objective needs k >= 2, got {self.k}")
+        allowed = GRADIENTS[self.objective]
+        if self.gradient not in allowed:
+            choices = ", ".join(allowed)
+            raise ValueError(f"the {self.objective} objective takes gradient {choices}, got {self.gradient!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not (math.isfinite(self.beta) and self.beta >= 0):

@@ -34,14 +34,14 @@ def training_bound(
 ) -> tuple[Bound, Tensor, float]:
     """The step's bound, the loss to minimise and β_t."""
     if config.objective == "iwae":
-        bound = iwae(model, guide, x, k=config.k)
+        bound = iwae(model, guide, x, k=config.k, gradient=config.gradient)  # type: ignore[arg-type]
         return bound, bound.loss, 1.0
     beta = config.beta * schedule.factor(step)
     if schedule.kind != "freebits":
-        bound = elbo(model, guide, x, samples=config.k, beta=beta)
+        bound = elbo(model, guide, x, samples=config.k, beta=beta, gradient=config.gradient)  # type: ignore[arg-type]
         return bound, bound.loss, beta
     q = guide(x)
-    bound = elbo(model, lambda _x: q, x, samples=config.k, beta=0.0)
+    bound = elbo(model, lambda _x: q, x, samples=config.k, beta=0.0, gradient=config.gradient)  # type: ignore[arg-type]
     loss = bound.loss + beta * _free_bits_kl(q, model.prior(), schedule.free_bits)
     return bound._replace(value=bound.reconstruction - beta * bound.kl), loss, beta
 
