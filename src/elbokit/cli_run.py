@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from elbokit.cli_args import UsageError, _int_list, _number, _Parser, _positive_int
+from elbokit.cli_diagnose import add_diagnose_command, add_sweep_command, cmd_diagnose, cmd_sweep
 from elbokit.config import ACTIVATIONS, OBJECTIVES, RunConfig
 from elbokit.data import available, download
 from elbokit.runs import (
@@ -101,6 +102,9 @@ def _add_run_commands(commands: Any) -> None:
     sa.add_argument("--out", type=Path, default=None, help="output .png or .npy (default RUN/samples.png)")
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing its mean")
+
+    add_diagnose_command(commands)
+    add_sweep_command(commands)
 
     da = commands.add_parser("data", help="list datasets or download one")
     da_commands = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -201,6 +205,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ("reconstruction E_q log p(x|z)", f"{result.reconstruction:12.3f}"),
         ("KL(q(z|x) || p(z))", f"{result.kl:12.3f}"),
         ("smallest ESS of the weights", f"{result.min_ess:12.1f}"),
+        ("largest Pareto k-hat", f"{result.pareto_k_max:12.2f}   ({result.pareto_k_over_threshold} points > 0.7: "
+                                 "unreliable there)"),
     ]
     if result.bits_per_dim is not None:
         rows.append(("bits/dim, -log p(x) / (D ln 2)", f"{result.bits_per_dim:12.4f}"))
@@ -244,5 +250,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 RUN_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "fit": cmd_fit, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data,
+    "fit": cmd_fit, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data, "diagnose": cmd_diagnose,
+    "sweep": cmd_sweep,
 }  # fmt: skip

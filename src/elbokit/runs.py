@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from elbokit.config import RunConfig
 from elbokit.data import Dataset, load
 from elbokit.estimators import elbo, log_marginal
+from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.models import VAE
 from elbokit.report.images import image_grid, write_png
 from elbokit.train.checkpoint import CHECKPOINT, STATE, atomic_write, load_checkpoint, load_model_state
@@ -118,6 +119,8 @@ class Evaluation:
     split: str
     bits_per_dim: float | None  # -log p(x) / (D log 2), for images
     min_ess: float  # smallest effective sample size of the importance weights over the points
+    pareto_k_max: float  # largest Pareto k-hat of the weights' tail over the points
+    pareto_k_over_threshold: int  # points whose k-hat exceeds 0.7: their estimate and stderr are unreliable
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -130,25 +133,30 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
     x_all = run.data.split(split)[:limit]
     device = next(run.model.parameters()).device
     totals = {"elbo": 0.0, "kl": 0.0, "reconstruction": 0.0, "log_px": 0.0, "var": 0.0}
-    min_ess = math.inf
+    min_ess, khat_max, khat_over = math.inf, -math.inf, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, x_all.shape[0], batch_size):
             x = x_all[start : start + batch_size].to(device)
             bound = elbo(run.model, run.model.encoder, x)
-            estimate = log_marginal(run.model, run.model.encoder, x, k=k)
+            estimate = log_marginal(run.model, run.model.encoder, x, k=k, warn=False)
             totals["elbo"] += float(bound.value.sum())
             totals["kl"] += float(bound.kl.sum())
             totals["reconstruction"] += float(bound.reconstruction.sum())
             totals["log_px"] += float(estimate.value.sum())
             totals["var"] += float(estimate.stderr.square().sum())
             min_ess = min(min_ess, float(estimate.ess.min()))
+            assert estimate.pareto_k is not None
+            khat = estimate.pareto_k[torch.isfinite(estimate.pareto_k)]
+            khat_max = max(khat_max, float(khat.max())) if khat.numel() else khat_max
+            khat_over += int((estimate.pareto_k > KHAT_THRESHOLD).sum())
     n = x_all.shape[0]
     log_px = totals["log_px"] / n
     bits = -log_px / (run.data.data_dim * math.log(2)) if run.data.image_shape is not None else None
     return Evaluation(
         elbo=totals["elbo"] / n, log_px=log_px, log_px_stderr=math.sqrt(totals["var"]) / n, kl=totals["kl"] / n,
         reconstruction=totals["reconstruction"] / n, n=n, k=k, split=split, bits_per_dim=bits, min_ess=min_ess,
+        pareto_k_max=khat_max, pareto_k_over_threshold=khat_over,
     )  # fmt: skip
 
 

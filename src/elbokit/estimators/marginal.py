@@ -7,19 +7,23 @@ r"""log p(x) by importance sampling with the guide as proposal, with its standar
 
 The estimate of p(x) is unbiased; its logarithm is a stochastic lower bound (Jensen) whose bias shrinks as
 O(1/K) and which equals IWAE_K (Burda et al. 2016). The delta-method error bar is only as good as the weights'
-variance is finite: a small ESS relative to K flags a proposal much narrower than the posterior.
+variance is finite: a small ESS relative to K flags a proposal much narrower than the posterior. The Pareto
+k-hat of the weights' upper tail (Vehtari et al. 2024, :mod:`elbokit.estimators._pareto`) says whether it is:
+above 0.7 neither the estimate nor its error bar can be trusted, and ``log_marginal`` warns.
 
-Samples are drawn in chunks of K without autograd, and the sums are kept in a running, max-shifted form,
-so memory does not grow with K.
+Samples are drawn in chunks of K without autograd, and the sums are kept in a running, max-shifted form
+beside a running top M + 1 of the log weights (all the k-hat fit needs), so memory does not grow with K.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from elbokit.estimators._pareto import KHAT_THRESHOLD, khat_from_top, merge_top, tail_length
 from elbokit.estimators._weights import check_positive_int, default_chunk, guide_distribution, log_weights
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Estimate
@@ -78,6 +82,7 @@ def log_marginal(
     *,
     k: int = 5000,
     chunk_size: int | None = None,
+    warn: bool = True,
 ) -> Estimate:
     """Importance-sampled log p(x) per data point, with the guide's q(z|x) as proposal.
 
@@ -87,21 +92,43 @@ def log_marginal(
         x: (B, *event) data.
         k: K >= 2 importance samples per data point.
         chunk_size: samples drawn at once (``None``: chosen from the data size).
+        warn: emit one ``UserWarning`` when any point's Pareto k-hat exceeds 0.7.
 
     Returns:
-        Estimate with ``value``, ``stderr`` and ``ess`` of shape (B,).
+        Estimate with ``value``, ``stderr``, ``ess`` and ``pareto_k`` of shape (B,).
     """
     check_positive_int("k", k)
     if k < 2:
         raise ValueError(f"k must be >= 2 to estimate a standard error, got {k}")
     chunk = default_chunk(k, x) if chunk_size is None else chunk_size
     check_positive_int("chunk_size", chunk)
+    tail = tail_length(k) + 1  # the M largest weights and the cut-off below them
     with torch.no_grad():
         prior = model.prior()
         q = guide_distribution(model, guide, x, prior)
         moments: WeightMoments | None = None
+        top: Tensor | None = None  # running top M + 1 log weights: (<= M + 1, B)
         for start in range(0, k, chunk):
-            block = weight_moments(log_weights(model, q, x, min(chunk, k - start), path="score", prior=prior).log_w)
+            log_w = log_weights(model, q, x, min(chunk, k - start), path="score", prior=prior).log_w  # (n, B)
+            block = weight_moments(log_w)
             moments = block if moments is None else merge_moments(moments, block)
-        assert moments is not None
-        return estimate_from_moments(moments)
+            top = merge_top(top, log_w, tail)
+        assert moments is not None and top is not None
+        pareto_k = khat_from_top(top)
+    if warn:
+        warn_pareto_k(pareto_k, "log_marginal")
+    return estimate_from_moments(moments)._replace(pareto_k=pareto_k)
+
+
+def warn_pareto_k(pareto_k: Tensor, source: str) -> None:
+    """One ``UserWarning`` if any k-hat (B,) exceeds 0.7, with the count and the largest value."""
+    bad = pareto_k > KHAT_THRESHOLD
+    if bool(bad.any()):
+        warnings.warn(
+            f"{source}: Pareto k-hat > {KHAT_THRESHOLD} for {int(bad.sum())} of {pareto_k.numel()} data points "
+            f"(max k-hat {float(pareto_k.max()):.2f}): the importance weights are so heavy-tailed there that the "
+            "importance-sampling estimate of log p(x) and its standard error are unreliable (Vehtari et al. 2024); "
+            "use a proposal closer to the posterior (or wider) rather than more samples",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,44 @@
+"""The truth about the bound: how far the ELBO is from log p(x), and why.
+
+::
+
+    from elbokit import diagnostics as dx
+    dx.gaps(model, guide, x, k=5000)      # log p(x), L[q*], L[q], approximation and amortization gaps (B,)
+    dx.refine(model, guide, x, steps=200) # q* per data point, a Distribution usable as a guide
+    dx.collapse(model, guide, x)          # per-dimension KL, active units, I(x; z)
+    dx.surgery(model, guide, x)           # average KL = I(x; z) + KL(q(z) || p(z)), and log N
+    dx.ais(model, x, steps=1000)          # annealed importance sampling: a tighter lower bound on log p(x)
+    dx.bdmc(model, x, z, steps=1000)      # reverse AIS from exact posterior samples: an upper bound
+    dx.pareto_khat(log_w)                 # PSIS k-hat of importance weights (k-hat > 0.7: unreliable)
+    dx.rate_distortion(model, guide, x)   # rate = KL, distortion = -E_q log p(x|z)
+    dx.sweep(config, betas)               # one model per beta: the rate-distortion curve
+    dx.mode_seeking()                     # a Gaussian fitted to two modes by the reverse and the forward KL
+"""
+
+from elbokit.diagnostics.collapse import Collapse, collapse
+from elbokit.diagnostics.evidence import CurvePoint, ais, bdmc, iwae_curve, pareto_khat
+from elbokit.diagnostics.gaps import Gaps, gaps, refine
+from elbokit.diagnostics.mode_seeking import ModeSeekingResult, mode_seeking
+from elbokit.diagnostics.rate_distortion import RatePoint, SweepPoint, rate_distortion, sweep
+from elbokit.diagnostics.surgery import Surgery, surgery
+
+__all__ = [
+    "Collapse",
+    "CurvePoint",
+    "Gaps",
+    "ModeSeekingResult",
+    "RatePoint",
+    "Surgery",
+    "SweepPoint",
+    "ais",
+    "bdmc",
+    "collapse",
+    "gaps",
+    "iwae_curve",
+    "mode_seeking",
+    "pareto_khat",
+    "rate_distortion",
+    "refine",
+    "surgery",
+    "sweep",
+]

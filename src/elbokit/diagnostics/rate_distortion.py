@@ -1,0 +1,266 @@
+r"""Rate and distortion: the two terms of the ELBO, and β sweeps that trace the rate-distortion curve.
+
+.. math::
+    R = \mathbb E_{p_d(x)}\, \mathrm{KL}(q(z|x) \,\|\, p(z)), \qquad
+    D = -\mathbb E_{p_d(x)}\, \mathbb E_{q(z|x)} \log p(x|z), \qquad
+    \mathrm{ELBO} = -(R + D)
+
+Every model and guide is one point (R, D) in the plane. Lines of constant ELBO are the diagonals
+R + D = -ELBO; log p(x) >= ELBO puts each point on or above the line R + D = -log p(x). Training on the β-ELBO,
+D + βR, moves along the curve: a larger β buys a lower rate (less information about x in z) at the cost of a
+higher distortion; β = 1 is the ELBO (Alemi et al. 2018; Higgins et al. 2017).
+
+References:
+    Alemi, Poole, Fischer, Dillon, Saurous & Murphy (2018). Fixing a broken ELBO. ICML.
+    Higgins et al. (2017). β-VAE: learning basic visual concepts with a constrained variational framework. ICLR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from elbokit.config import RunConfig
+from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples
+from elbokit.estimators.elbo import analytic_kl
+from elbokit.models.base import Guide, LatentModel
+from elbokit.runs import (
+    CONFIG,
+    DATASET,
+    EVALUATION,
+    Run,
+    build_model,
+    check_data,
+    evaluate,
+    holds_run,
+    load_data,
+    write_json,
+)
+from elbokit.train.loop import fit
+
+
+class RatePoint(NamedTuple):
+    """Rate, distortion and ELBO of a model and guide on a batch, in nats per data point (means over B points).
+
+    Attributes:
+        rate: R, mean analytic KL(q(z|x) || p(z)).
+        distortion: D, Monte-Carlo estimate of -mean E_q log p(x|z).
+        elbo: -(R + D).
+        rate_stderr: 0.0: the rate is in closed form.
+        distortion_stderr: Monte-Carlo standard error of ``distortion`` given the B points (see
+            :func:`rate_distortion`).
+        elbo_stderr: equal to ``distortion_stderr``: only the distortion is sampled.
+        n: B, the number of data points.
+        samples: K, draws of z per data point.
+    """
+
+    rate: float
+    distortion: float
+    elbo: float
+    rate_stderr: float
+    distortion_stderr: float
+    elbo_stderr: float
+    n: int
+    samples: int
+
+
+class SweepPoint(NamedTuple):
+    """One trained model of a β sweep, evaluated on the test split, in nats per data point.
+
+    Attributes:
+        beta: the KL weight it was trained with.
+        rate: R on the test points (analytic KL).
+        distortion: D on the test points (Monte-Carlo).
+        elbo: -(R + D).
+        log_px: importance-sampled log p(x) (:func:`elbokit.log_marginal`, k samples).
+        log_px_stderr: its Monte-Carlo standard error.
+        rate_stderr: 0.0 (closed form).
+        distortion_stderr: Monte-Carlo standard error of ``distortion``.
+        min_ess: the smallest effective sample size of the importance weights over the test points; far below
+            k, it says the error bar of ``log_px`` is not to be trusted (``log_marginal`` also warns then).
+        path: the run directory, or ``None`` when nothing was written.
+    """
+
+    beta: float
+    rate: float
+    distortion: float
+    elbo: float
+    log_px: float
+    log_px_stderr: float
+    rate_stderr: float
+    distortion_stderr: float
+    min_ess: float
+    path: Path | None
+
+
+@torch.no_grad()
+def rate_distortion(
+    model: LatentModel, guide: Guide, x: Tensor, *, samples: int = 1, batch_size: int | None = None
+) -> RatePoint:
+    r"""Rate (analytic KL), distortion (sampled reconstruction) and ELBO, averaged over the points of x.
+
+    .. math::
+        R = \frac1B \sum_b \mathrm{KL}(q(z|x_b) \,\|\, p(z)), \qquad
+        \hat D = -\frac1B \sum_b \frac1K \sum_k \log p(x_b|z_{bk}), \quad z_{bk} \sim q(z|x_b)
+
+    The standard error is that of the Monte-Carlo draws for these B points:
+    se(D) = sqrt(sum_b s_b^2 / K) / B, with s_b^2 the sample variance of log p(x_b|z) over the K draws. With
+    K = 1 no within-point variance exists and sd_b(log p(x_b|z_b)) / sqrt(B) is used instead, which also counts
+    the spread between points and so overstates the Monte-Carlo error.
+
+    Args:
+        model: p(z) and p(x|z).
+        guide: x -> q(z|x), batch (B,), event (d,); a closed-form KL(q || p(z)) must be registered.
+        x: (B, *event) data.
+        samples: K, draws of z per point for the distortion.
+        batch_size: points per forward pass (``None``: all at once).
+
+    Returns:
+        RatePoint of floats.
+
+    References:
+        Alemi et al. (2018). Fixing a broken ELBO. ICML.
+    """
+    check_positive_int("samples", samples)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    n = x.shape[0] if isinstance(x, Tensor) and x.dim() >= 1 else 0
+    if n < 1:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must hold at least one data point (B, *event), got {shape}")
+    step = n if batch_size is None else batch_size
+    rates, distortions, variances = [], [], []
+    prior = model.prior()
+    for start in range(0, n, step):
+        xb = x[start : start + step]
+        q = guide_distribution(model, guide, xb, prior)
+        kl = analytic_kl(q, prior)
+        if kl is None:
+            raise ValueError(
+                f"the rate needs a closed-form KL, and none is registered for ({type(q).__name__}, "
+                f"{type(prior).__name__}): register one with torch.distributions.register_kl"
+            )
+        log_px_given_z = log_likelihood_samples(model, q, xb, samples)  # (K, B)
+        rates.append(kl)
+        distortions.append(-log_px_given_z.mean(0))  # (B,)
+        if samples > 1:
+            variances.append(log_px_given_z.var(0, correction=1) / samples)  # variance of each point's mean
+    rate = float(torch.cat(rates).mean())
+    per_point = torch.cat(distortions)  # (B,)
+    distortion = float(per_point.mean())
+    if samples > 1:
+        stderr = math.sqrt(float(torch.cat(variances).sum())) / n
+    else:
+        stderr = float(per_point.std(correction=1)) / math.sqrt(n) if n > 1 else math.inf
+    return RatePoint(rate, distortion, -(rate + distortion), 0.0, stderr, stderr, n, samples)
+
+
+def elbo_line(value: float, rates: Sequence[float]) -> list[float]:
+    r"""The distortions on the line R + D = -value, for drawing it in the (R, D) plane.
+
+    .. math::
+        D(R) = -\mathrm{value} - R
+
+    With ``value`` a point's ELBO this is its line of constant ELBO (every point on it has the same bound);
+    with ``value`` = log p(x) it is the line no point of that model can lie below (Alemi et al. 2018, fig. 1).
+
+    Args:
+        value: an ELBO or log p(x), nats per point.
+        rates: the rates R at which to evaluate the line.
+
+    Returns:
+        The distortions, one per rate.
+    """
+    return [-value - r for r in rates]
+
+
+def sweep(
+    config: RunConfig,
+    betas: Sequence[float],
+    out: Path | None = None,
+    *,
+    k: int = 1000,
+    limit: int | None = 1000,
+    samples: int = 10,
+    overwrite: bool = False,
+) -> list[SweepPoint]:
+    r"""Train one model per β and place each on the rate-distortion plane, with its log p(x).
+
+    Each model is trained as ``elbokit fit`` trains one, on ``config`` with ``beta`` replaced: the same seed,
+    data and initialisation for every β. Each run goes to ``out / f"beta-{b:g}"``, an ordinary run directory
+    (config.json, dataset.json, metrics.jsonl, checkpoint, evaluation.json) that ``elbokit evaluate`` reads.
+    On the first ``limit`` test points it then measures
+
+    .. math::
+        R_\beta, \quad D_\beta, \quad \mathrm{ELBO}_\beta = -(R_\beta + D_\beta), \quad
+        \log \hat p_\beta(x) \ (\text{importance sampling, } k \text{ draws})
+
+    Args:
+        config: the run's settings; its ``beta`` is replaced by each of ``betas``.
+        betas: KL weights, each >= 0.
+        out: parent folder of the run directories (``None``: nothing written).
+        k: importance samples per point for log p(x).
+        limit: evaluate on the first ``limit`` test points (``None``: all).
+        samples: draws of z per point for the distortion.
+        overwrite: replace runs already in the run directories (otherwise they are an error).
+
+    Returns:
+        One SweepPoint per β, in the order given.
+
+    References:
+        Alemi et al. (2018). Fixing a broken ELBO. ICML.
+    """
+    betas = [float(b) for b in betas]
+    if not betas:
+        raise ValueError("betas must hold at least one value, got none")
+    for b in betas:
+        if not (math.isfinite(b) and b >= 0):
+            raise ValueError(f"every beta must be a finite number >= 0, got {b}")
+    if len(set(f"{b:g}" for b in betas)) != len(betas):
+        raise ValueError(f"betas must be distinct, got {betas}")
+    check_positive_int("k", k)
+    check_positive_int("samples", samples)
+    if limit is not None:
+        check_positive_int("limit", limit)
+    dirs = [None if out is None else Path(out) / f"beta-{b:g}" for b in betas]
+    for d in dirs:
+        if d is not None and holds_run(d) and not overwrite:
+            raise ValueError(f"{d} already holds a run; pass overwrite=True to replace it")
+    data = load_data(config)
+    points = []
+    for b, run_dir in zip(betas, dirs, strict=True):
+        cfg = dataclasses.replace(config, beta=b)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, data.data_dim)
+        check_data(model, data)
+        model.init_output_bias(data.train[: cfg.limit].mean(0))
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / CONFIG, cfg.to_dict())
+            write_json(run_dir / DATASET, data.describe())
+        with warnings.catch_warnings():
+            # A constant β below 1 is the point of the sweep, not a mistake to warn about.
+            warnings.filterwarnings("ignore", message="β is .* throughout")
+            fit(model, model.encoder, data, cfg, out=run_dir)
+        model.eval()
+        evaluation = evaluate(Run(run_dir or Path("."), cfg, data, model, {}), k=k, limit=limit, seed=cfg.seed)
+        if run_dir is not None:
+            write_json(run_dir / EVALUATION, evaluation.to_dict())
+        device = next(model.parameters()).device
+        x = data.test[:limit].to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            point = rate_distortion(model, model.encoder, x, samples=samples, batch_size=100)
+        points.append(SweepPoint(
+            beta=b, rate=point.rate, distortion=point.distortion, elbo=point.elbo, log_px=evaluation.log_px,
+            log_px_stderr=evaluation.log_px_stderr, rate_stderr=point.rate_stderr,
+            distortion_stderr=point.distortion_stderr, min_ess=evaluation.min_ess, path=run_dir,
+        ))  # fmt: skip
+    return points
