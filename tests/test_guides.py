@@ -263,3 +263,10 @@ def test_local_rejects_wrong_batch() -> None:
 def test_local_rejects_bad_arguments(args: tuple[int, int], kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         LocalGaussian(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_local_gaussian_lives_on_the_device_of_its_initial_means(covariance: str) -> None:
+    """Every parameter follows init_loc's device (checked with the meta device, which needs no GPU)."""
+    guide = LocalGaussian(3, 2, covariance=covariance, init_loc=torch.zeros(3, 2, device="meta"))  # type: ignore[arg-type]
+    assert {p.device.type for p in guide.parameters()} == {"meta"}

@@ -148,11 +148,12 @@ class LocalGaussian(nn.Module):
             raise ValueError(f"init_loc must have shape ({num_points}, {latent_dim}), got {tuple(init_loc.shape)}")
         self.covariance: Covariance = covariance
         self.loc = nn.Parameter(init_loc.detach().clone())
-        raw = _inverse_softplus(torch.tensor(init_scale, dtype=self.loc.dtype))
+        # On init_loc's device (a CUDA init_loc gives a CUDA guide).
+        raw = _inverse_softplus(torch.tensor(init_scale, dtype=self.loc.dtype, device=self.loc.device))
         if covariance == "diagonal":
             self.raw_scale = nn.Parameter(raw.expand(num_points, latent_dim).clone())
         else:
-            eye = torch.eye(latent_dim, dtype=self.loc.dtype)
+            eye = torch.eye(latent_dim, dtype=self.loc.dtype, device=self.loc.device)
             self.raw_scale = nn.Parameter((raw * eye).expand(num_points, latent_dim, latent_dim).clone())
 
     @classmethod
