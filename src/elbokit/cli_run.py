@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from elbokit._io import atomic_write
 from elbokit.cli_args import UsageError, _int_list, _number, _Parser, _positive_int
 from elbokit.cli_diagnose import add_diagnose_command, add_sweep_command, cmd_diagnose, cmd_sweep
 from elbokit.config import ACTIVATIONS, OBJECTIVES, RunConfig
@@ -41,7 +42,6 @@ from elbokit.runs import (
     write_pictures,
 )
 from elbokit.train import fit
-from elbokit.train.checkpoint import atomic_write
 
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 _FIELDS = {

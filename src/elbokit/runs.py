@@ -17,13 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from elbokit._io import atomic_write
 from elbokit.config import RunConfig
 from elbokit.data import Dataset, load
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.models import VAE
 from elbokit.report.images import image_grid, write_png
-from elbokit.train.checkpoint import CHECKPOINT, STATE, atomic_write, load_checkpoint, load_model_state
+from elbokit.train.checkpoint import CHECKPOINT, STATE, load_checkpoint, load_model_state
 from elbokit.train.loop import METRICS, resolve_device
 
 CONFIG = "config.json"

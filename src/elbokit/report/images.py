@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-import uuid
 import zlib
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from elbokit._io import atomic_write
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -117,33 +117,4 @@ def write_png(path: str | os.PathLike[str], image: Tensor) -> None:
         image: (H, W).
     """
     data = png_bytes(image)  # before any file is touched: bad input leaves nothing behind
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # O_EXCL: never reuse someone else's file; mode 0o666 lets the umask decide, as for a plain open().
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable, where the OS allows opening a folder (POSIX)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, data)

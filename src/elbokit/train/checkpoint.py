@@ -15,8 +15,6 @@ truncated or foreign file and one whose tensors do not fit the model.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
+from elbokit._io import atomic_write
+
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "state.json"
 FORMAT = "elbokit-checkpoint-1"
@@ -33,29 +33,6 @@ FORMAT = "elbokit-checkpoint-1"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, foreign or does not fit the model (one-line message)."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash at any point leaves either the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover  (platforms without directory fds)
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass

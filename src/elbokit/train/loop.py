@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from elbokit._io import atomic_write
 from elbokit.config import RunConfig
 from elbokit.data import Dataset
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.checkpoint import (
-    atomic_write,
     load_checkpoint,
     load_model_state,
     load_optimizer_state,
