@@ -126,6 +126,17 @@ def _fit_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: str, patt
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_asked_for_on_a_machine_without_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _binary_npy(tmp_path / "x.npy")
+    _fit_bad(tmp_path, capsys, str(data), "CUDA is not available", "--device", "cuda")
+
+
+def test_an_unknown_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _binary_npy(tmp_path / "x.npy")
+    _fit_bad(tmp_path, capsys, str(data), "device must be auto, cpu or cuda", "--device", "tpu0")
+
+
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fit_bad(tmp_path, capsys, str(tmp_path / "nope.npy"), "nope.npy")
 

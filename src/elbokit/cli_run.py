@@ -41,7 +41,7 @@ from elbokit.runs import (
     write_json,
     write_pictures,
 )
-from elbokit.train import fit
+from elbokit.train import fit, resolve_device
 
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 _FIELDS = {
@@ -154,6 +154,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     config = _resume_config(args, out) if resume else _config_from_args(args)
     # Everything that can fail on bad input happens before anything in --out is touched.
+    resolve_device(config.device)
     data = load_data(config)
     torch.manual_seed(config.seed)
     model = build_model(config, data.data_dim)

@@ -61,9 +61,18 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when present, else the CPU) or a torch device name; ValueError for one not usable here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu or cuda[:i], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
