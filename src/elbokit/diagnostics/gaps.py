@@ -30,6 +30,7 @@ from elbokit.types import KLMethod
 
 __all__ = ["Family", "Gaps", "Refined", "elbo_with_stderr", "family_of", "gaps", "refine", "refine_with_trace"]
 
+
 class Gaps(NamedTuple):
     """The inference gap of a guide split into its approximation and amortization parts, per data point.
 
