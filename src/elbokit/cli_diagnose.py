@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from elbokit import diagnostics as dx
-from elbokit.cli_args import _positive_int
+from elbokit.cli_args import _number_list, _positive_int
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.runs import open_run, write_json
@@ -150,16 +150,6 @@ def add_sweep_command(commands: Any) -> None:
     p.add_argument("--limit", type=_positive_int, default=1000, help="test points evaluated (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
-def _number_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not (math.isfinite(v) and v >= 0) for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
-    return values
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -29,13 +29,12 @@ from elbokit.runs import (
     DATASET,
     EVALUATION,
     Run,
-    build_model,
-    check_data,
     clear_run,
     evaluate,
     holds_run,
     image_shape,
     load_data,
+    new_model,
     open_run,
     write_images,
     write_json,
@@ -156,11 +155,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input happens before anything in --out is touched.
     resolve_device(config.device)
     data = load_data(config)
-    torch.manual_seed(config.seed)
-    model = build_model(config, data.data_dim)
-    check_data(model, data)
+    model = new_model(config, data)
     if not resume:
-        model.init_output_bias(data.train[: config.limit].mean(0))
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             clear_run(out)

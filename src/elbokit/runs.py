@@ -54,6 +54,17 @@ def build_model(config: RunConfig, data_dim: int) -> VAE:
     return model.to(torch.float32)
 
 
+def new_model(config: RunConfig, data: Dataset) -> VAE:
+    """The freshly initialised model of a run: seeded, checked against the data's support, and with the
+    decoder's output bias at the training data's mean (Burda et al. 2016). A resumed run then loads its
+    checkpoint over it."""
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.data_dim)
+    check_data(model, data)
+    model.init_output_bias(data.train[: config.limit].mean(0))
+    return model
+
+
 def check_data(model: VAE, data: Dataset) -> None:
     """Refuse data outside the likelihood's support (e.g. values outside [0, 1] for a Bernoulli)."""
     for split in ("train", "validation", "test"):

@@ -36,11 +36,10 @@ from elbokit.runs import (
     DATASET,
     EVALUATION,
     Run,
-    build_model,
-    check_data,
     evaluate,
     holds_run,
     load_data,
+    new_model,
     write_json,
 )
 from elbokit.train.loop import fit
@@ -237,10 +236,7 @@ def sweep(
     points = []
     for b, run_dir in zip(betas, dirs, strict=True):
         cfg = dataclasses.replace(config, beta=b)
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg, data.data_dim)
-        check_data(model, data)
-        model.init_output_bias(data.train[: cfg.limit].mean(0))
+        model = new_model(cfg, data)
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / CONFIG, cfg.to_dict())
