@@ -108,3 +108,22 @@ def test_gaps_vae_shapes_and_model_untouched() -> None:
     for name, p in vae.named_parameters():
         assert p.grad is None, name
         assert torch.equal(p, before[name]), name
+
+
+def test_summary_means_and_the_single_draw_noise(make_model: Callable[..., LinearGaussian]) -> None:
+    """GapSummary holds the per-point means, the standard errors of those means, and the sd of a one-draw ELBO:
+    that sd is checked against the empirical sd of 4,000 one-draw ELBOs of the encoder's q."""
+    from elbokit.estimators import elbo
+
+    model, x = _setup(make_model)
+    torch.manual_seed(0)
+    g = gaps(model, _poor_diagonal, x, k=2000, steps=200, samples=400)
+    s = g.summary()
+    assert s.n == 8 and s.steps == g.steps and s.family == "diagonal"
+    for name in ("log_px", "elbo_optimal", "elbo_amortized", "approximation", "amortization"):
+        assert abs(getattr(s, name) - float(getattr(g, name).mean())) < 1e-12
+    assert abs(s.elbo_amortized_stderr - float(g.elbo_amortized_stderr.square().sum().sqrt()) / 8) < 1e-12
+    draws = torch.stack([elbo(model, _poor_diagonal, x).value for _ in range(4000)])  # (R, B), one draw each
+    empirical = float(draws.std(0).mean())
+    # The sd estimate from 400 draws per point has relative error about 1 / sqrt(2 * 400) per point.
+    assert abs(s.elbo_sample_sd / empirical - 1) < Z / (2 * 400 * 8) ** 0.5 + Z / (2 * 4000 * 8) ** 0.5

@@ -55,7 +55,8 @@ def diagnose(run_dir: Path, *, k: int, limit: int, split: str, refine_steps: int
     device = next(model.parameters()).device
     x = run.data.split(split)[:limit].to(device)
     started = time.perf_counter()
-    out: dict[str, Any] = {"run": str(run_dir), "split": split, "n": int(x.shape[0]), "k": k}
+    out: dict[str, Any] = {"run": str(run_dir), "split": split, "n": int(x.shape[0]), "k": k,
+                           "epoch": run.state.get("epoch"), "step": run.state.get("step")}  # fmt: skip
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         with torch.inference_mode():
@@ -78,15 +79,12 @@ def diagnose(run_dir: Path, *, k: int, limit: int, split: str, refine_steps: int
             a = dx.ais(model, x, steps=ais_steps, proposal=guide, generator=gen)
             out["ais"] = {"steps": ais_steps, "value": _mean(a.value), "stderr": _se_of_mean(a.stderr)}
         g = dx.gaps(model, guide, x, k=k, steps=refine_steps, samples=100)
-        out["gaps"] = {
-            "log_px": _mean(g.log_px), "log_px_stderr": _se_of_mean(g.log_px_stderr),
-            "elbo_optimal": _mean(g.elbo_optimal), "elbo_amortized": _mean(g.elbo_amortized),
-            "approximation": _mean(g.approximation), "amortization": _mean(g.amortization),
-            "refine_steps": g.steps, "family": g.family,
-        }  # fmt: skip
+        out["gaps"] = g.summary()._asdict() | {"refine_steps": g.steps}
+        out["rate_distortion"] = dx.rate_distortion(model, guide, x, samples=10)._asdict()
         c = dx.collapse(model, guide, x)
         s = dx.surgery(model, guide, x)
     out["active_units"] = c.active_units
+    out["activity_threshold"] = c.threshold
     out["latent_dim"] = int(c.kl_per_dim.numel())
     out["kl_per_dim"] = [float(v) for v in c.kl_per_dim]
     out["activity"] = [float(v) for v in c.activity]

@@ -17,7 +17,7 @@
 
 from elbokit.diagnostics.collapse import Collapse, collapse
 from elbokit.diagnostics.evidence import CurvePoint, ais, bdmc, iwae_curve, pareto_khat
-from elbokit.diagnostics.gaps import Gaps, gaps, refine
+from elbokit.diagnostics.gaps import Gaps, GapSummary, gaps, refine
 from elbokit.diagnostics.mode_seeking import ModeSeekingResult, mode_seeking
 from elbokit.diagnostics.rate_distortion import RatePoint, SweepPoint, rate_distortion, sweep
 from elbokit.diagnostics.surgery import Surgery, surgery
@@ -25,6 +25,7 @@ from elbokit.diagnostics.surgery import Surgery, surgery
 __all__ = [
     "Collapse",
     "CurvePoint",
+    "GapSummary",
     "Gaps",
     "ModeSeekingResult",
     "RatePoint",

@@ -28,7 +28,9 @@ from elbokit.estimators.marginal import log_marginal
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import KLMethod
 
-__all__ = ["Family", "Gaps", "Refined", "elbo_with_stderr", "family_of", "gaps", "refine", "refine_with_trace"]
+__all__ = [
+    "Family", "GapSummary", "Gaps", "Refined", "elbo_with_stderr", "family_of", "gaps", "refine", "refine_with_trace",
+]  # fmt: skip
 
 
 class Gaps(NamedTuple):
@@ -47,6 +49,7 @@ class Gaps(NamedTuple):
         family: ``"diagonal"`` or ``"full"``: the Gaussian family q* was optimised in.
         kl_method: how the KL terms of the ELBOs were computed.
         steps: optimisation steps taken by :func:`refine` (fewer than asked when it stopped early).
+        samples: draws behind each ELBO estimate.
     """
 
     log_px: Tensor
@@ -60,6 +63,55 @@ class Gaps(NamedTuple):
     amortization: Tensor
     family: Family
     kl_method: KLMethod
+    steps: int
+    samples: int
+
+    def summary(self) -> GapSummary:
+        """Means over the data points, with the standard errors of those means."""
+        n = self.log_px.numel()
+
+        def mean(t: Tensor) -> float:
+            return float(t.double().mean())
+
+        def se(t: Tensor) -> float:  # of the mean of independent per-point estimates
+            return float(t.double().square().sum().sqrt()) / n
+
+        return GapSummary(
+            log_px=mean(self.log_px), log_px_stderr=se(self.log_px_stderr),
+            elbo_optimal=mean(self.elbo_optimal), elbo_optimal_stderr=se(self.elbo_optimal_stderr),
+            elbo_amortized=mean(self.elbo_amortized), elbo_amortized_stderr=se(self.elbo_amortized_stderr),
+            approximation=mean(self.approximation), amortization=mean(self.amortization),
+            elbo_sample_sd=mean(self.elbo_amortized_stderr) * math.sqrt(self.samples),
+            n=n, family=self.family, steps=self.steps,
+        )  # fmt: skip
+
+
+class GapSummary(NamedTuple):
+    """:class:`Gaps` averaged over the data points, in nats per point: what a table or a plot shows.
+
+    Attributes:
+        log_px, elbo_optimal, elbo_amortized: means of the per-point values, each with ``*_stderr``, the
+            Monte-Carlo standard error of that mean.
+        approximation: mean log p(x) - L[q*].
+        amortization: mean L[q*] - L[q].
+        elbo_sample_sd: the standard deviation of a single-draw ELBO estimate of one point under the encoder's
+            q, averaged over the points: the noise a one-sample training step sees, beside the gaps.
+        n: the number of data points.
+        family: the Gaussian family of q*.
+        steps: refinement steps taken.
+    """
+
+    log_px: float
+    log_px_stderr: float
+    elbo_optimal: float
+    elbo_optimal_stderr: float
+    elbo_amortized: float
+    elbo_amortized_stderr: float
+    approximation: float
+    amortization: float
+    elbo_sample_sd: float
+    n: int
+    family: str
     steps: int
 
 
@@ -153,4 +205,5 @@ def gaps(
         family=family,
         kl_method=kl_method,
         steps=refined.steps,
+        samples=samples,
     )
