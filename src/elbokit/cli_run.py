@@ -22,6 +22,7 @@ import torch
 from elbokit._io import atomic_write
 from elbokit.cli_args import UsageError, _int_list, _number, _Parser, _positive_int
 from elbokit.cli_diagnose import add_diagnose_command, add_sweep_command, cmd_diagnose, cmd_sweep
+from elbokit.cli_report import add_report_command, cmd_report, report
 from elbokit.config import ACTIVATIONS, OBJECTIVES, RunConfig
 from elbokit.data import available, download
 from elbokit.runs import (
@@ -82,6 +83,7 @@ def _add_run_commands(commands: Any) -> None:
     fit_.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     fit_.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     fit_.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    fit_.add_argument("--report", action="store_true", help="at the end, diagnose the run and write report.html")
 
     ev = commands.add_parser(
         "evaluate", help="ELBO and log p(x) with its standard error on a run's test set",
@@ -104,6 +106,7 @@ def _add_run_commands(commands: Any) -> None:
 
     add_diagnose_command(commands)
     add_sweep_command(commands)
+    add_report_command(commands)
 
     da = commands.add_parser("data", help="list datasets or download one")
     da_commands = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -183,6 +186,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     pictures = write_pictures(run, seed=config.seed)
     say(f"done: {result.epochs} epochs ({result.stopped}), best validation bound {result.best_validation:.3f}"
         + (f"; wrote {', '.join(p.name for p in pictures)}" if pictures else ""))  # fmt: skip
+    if getattr(args, "report", False):
+        print(report(out, say=say))
     return 0
 
 
@@ -248,5 +253,5 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 RUN_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "fit": cmd_fit, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data, "diagnose": cmd_diagnose,
-    "sweep": cmd_sweep,
+    "sweep": cmd_sweep, "report": cmd_report,
 }  # fmt: skip

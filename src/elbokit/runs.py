@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (the RunConfig), ``dataset.json`` (what was trained on),
 ``metrics.jsonl`` (one line per epoch), ``checkpoint.safetensors`` with ``state.json``, and what evaluation adds
-beside them (``evaluation.json``, ``samples.png``, ``reconstructions.png``).
+beside them (``evaluation.json``, ``samples.png``, ``reconstructions.png``; ``diagnostics.json`` from
+``elbokit diagnose``; ``report.html`` from ``elbokit report``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ CONFIG = "config.json"
 DATASET = "dataset.json"
 EVALUATION = "evaluation.json"
 #: Files a run consists of: their presence marks a folder as holding a run; --overwrite removes them.
-RUN_FILES = (CONFIG, DATASET, METRICS, CHECKPOINT, STATE, EVALUATION, "samples.png", "reconstructions.png")
+RUN_FILES = (CONFIG, DATASET, METRICS, CHECKPOINT, STATE, EVALUATION, "samples.png", "reconstructions.png",
+             "diagnostics.json", "report.html")  # fmt: skip
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU, "gelu": nn.GELU,
 }  # fmt: skip
@@ -107,7 +109,7 @@ def open_run(path: Path, *, device: str | None = None) -> Run:
     config = RunConfig.load(path / CONFIG)
     checkpoint = load_checkpoint(path)
     data = load_data(config)
-    trained_dim = _described(path).get("data_dim")
+    trained_dim = read_description(path).get("data_dim")
     if trained_dim is not None and trained_dim != data.data_dim:
         raise ValueError(f"{config.data} now has dimension {data.data_dim}; the run was trained on {trained_dim}")
     model = build_model(config, data.data_dim)
@@ -172,7 +174,8 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
     )  # fmt: skip
 
 
-def _described(run_dir: Path) -> dict[str, Any]:
+def read_description(run_dir: Path) -> dict[str, Any]:
+    """The run's ``dataset.json`` (what it was trained on), or {} when missing or unreadable."""
     try:
         described = json.loads((run_dir / DATASET).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -181,7 +184,7 @@ def _described(run_dir: Path) -> dict[str, Any]:
 
 
 def image_shape(run_dir: Path) -> tuple[int, int] | None:
-    shape = _described(run_dir).get("image_shape")
+    shape = read_description(run_dir).get("image_shape")
     return (int(shape[0]), int(shape[1])) if shape else None
 
 

@@ -71,10 +71,10 @@ class Gaps(NamedTuple):
         n = self.log_px.numel()
 
         def mean(t: Tensor) -> float:
-            return float(t.double().mean())
+            return float(t.detach().double().mean())
 
         def se(t: Tensor) -> float:  # of the mean of independent per-point estimates
-            return float(t.double().square().sum().sqrt()) / n
+            return float(t.detach().double().square().sum().sqrt()) / n
 
         return GapSummary(
             log_px=mean(self.log_px), log_px_stderr=se(self.log_px_stderr),
