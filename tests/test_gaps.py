@@ -123,7 +123,8 @@ def test_summary_means_and_the_single_draw_noise(make_model: Callable[..., Linea
     for name in ("log_px", "elbo_optimal", "elbo_amortized", "approximation", "amortization"):
         assert abs(getattr(s, name) - float(getattr(g, name).detach().mean())) < 1e-12
     assert abs(s.elbo_amortized_stderr - float(g.elbo_amortized_stderr.detach().square().sum().sqrt()) / 8) < 1e-12
-    draws = torch.stack([elbo(model, _poor_diagonal, x).value for _ in range(4000)])  # (R, B), one draw each
+    with torch.no_grad():
+        draws = torch.stack([elbo(model, _poor_diagonal, x).value for _ in range(4000)])  # (R, B), one draw each
     empirical = float(draws.std(0).mean())
     # The sd estimate from 400 draws per point has relative error about 1 / sqrt(2 * 400) per point.
     assert abs(s.elbo_sample_sd / empirical - 1) < Z / (2 * 400 * 8) ** 0.5 + Z / (2 * 4000 * 8) ** 0.5
