@@ -227,7 +227,7 @@ def test_latent_traversals_vary_one_latent_per_row(trained: Trained) -> None:
     for row, column in ((0, 0), (2, 8), (3, 5)):
         z = torch.zeros(1, 4, dtype=torch.float32)
         z[0, row] = values[column]
-        np.testing.assert_allclose(_cell(grid, row, column, 1), model.decode(z).reshape(8, 8), rtol=1e-5)
+        np.testing.assert_allclose(_cell(grid, row, column, 1), model.decode(z).reshape(8, 8), atol=3e-5)
     assert "z_j" in ax.get_xlabel()
     _png(fig)
 
@@ -235,7 +235,7 @@ def test_latent_traversals_vary_one_latent_per_row(trained: Trained) -> None:
     grid = _image(fig.axes[0])
     assert grid.shape == (2 * 9 + 1, 2 * 9 + 1)
     one = torch.tensor([[0, 0, 0, 1.0]], dtype=torch.float32)
-    np.testing.assert_allclose(_cell(grid, 0, 1, 1), model.decode(one).reshape(8, 8), rtol=1e-5)
+    np.testing.assert_allclose(_cell(grid, 0, 1, 1), model.decode(one).reshape(8, 8), atol=3e-5)
     for dims in ([4], [0, 0], []):
         with pytest.raises(ValueError, match="dims"):
             plots.latent_traversals(model, SHAPE, dims=dims)
@@ -251,7 +251,7 @@ def test_latent_manifold_decodes_the_prior_quantiles(trained: Trained) -> None:
     for row, column in ((0, 0), (4, 2), (1, 4)):
         z = torch.zeros(1, 4, dtype=torch.float32)
         z[0, 1], z[0, 3] = quantiles[column], quantiles[4 - row]  # z_3 falls down the rows
-        np.testing.assert_allclose(_cell(grid, row, column, 0), model.decode(z).reshape(8, 8), atol=1e-6)
+        np.testing.assert_allclose(_cell(grid, row, column, 0), model.decode(z).reshape(8, 8), atol=3e-5)
     assert "z_{1}" in ax.get_xlabel() and "z_{3}" in ax.get_ylabel()
     assert float(ax.get_xticklabels()[0].get_text()) == pytest.approx(-1.64, abs=0.01)
     assert float(ax.get_yticklabels()[0].get_text()) == pytest.approx(1.64, abs=0.01)  # the top row

@@ -38,9 +38,9 @@ from elbokit.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from elbokit.train.objective import evaluate_bound, training_bound
+from elbokit.train.objective import evaluate_bound
 from elbokit.train.schedules import check_reaches_target, parse_schedule
-from elbokit.types import Bound
+from elbokit.train.step import NonFiniteStep, TrainStep, make_optimizer, unvalidated
 
 METRICS = "metrics.jsonl"
 
@@ -112,18 +112,6 @@ def _stop_requests() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, old)
 
 
-def _check_finite(bound: Bound, loss: Tensor, *, step: int, epoch: int, where: str) -> None:
-    if bool(torch.isfinite(loss)):
-        return
-    if not bool(torch.isfinite(bound.reconstruction).all()):
-        term = "reconstruction term E_q log p(x|z)"
-    elif not bool(torch.isfinite(bound.kl).all()):
-        term = "KL term"
-    else:
-        term = "bound"
-    raise TrainingDiverged(f"non-finite {term} at step {step} (epoch {epoch + 1}); {where}")
-
-
 def fit(
     model: nn.Module,
     guide: Guide,
@@ -154,7 +142,7 @@ def fit(
     if isinstance(guide, nn.Module):
         guide.to(device)
     params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    optimizer = make_optimizer(params, config.lr)
     train = data.train[: config.limit].to(device)
     validation = data.validation.to(device)
     n = train.shape[0]
@@ -198,9 +186,18 @@ def fit(
         save_checkpoint(out, model=model, optimizer=optimizer, state=state)
 
     kept = f"the last good checkpoint is kept in {out}" if out is not None else "nothing was saved"
+    train_step = TrainStep(latent, guide, config, schedule, params=params, optimizer=optimizer, step=step)
+    train_step.reset((sums["bound"], sums["reconstruction"], sums["kl"]))
+
+    def read_sums() -> None:
+        try:
+            sums["bound"], sums["reconstruction"], sums["kl"] = train_step.read()
+        except NonFiniteStep as err:
+            raise TrainingDiverged(f"{err} (epoch {err.step // steps_per_epoch + 1}); {kept}") from None
+
     progress = not config.quiet and sys.stderr.isatty()
     stopped = "completed"
-    with _stop_requests() as stop_requested:
+    with _stop_requests() as stop_requested, unvalidated():
         while epoch < config.epochs:
             x_epoch, order = _epoch_data(train, seed=config.seed, epoch=epoch, dynamic=dynamic)
             bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -208,31 +205,21 @@ def fit(
             started = time.perf_counter()
             while position < steps_per_epoch:
                 if stop_requested():
+                    read_sums()
                     sums["seconds"] += time.perf_counter() - started
                     save("interrupted")
                     bar.close()
                     return FitResult(epoch, step, history, best, "interrupted")
                 index = order[position * config.batch_size : (position + 1) * config.batch_size]
-                x = x_epoch[index]
-                bound, loss, _beta = training_bound(latent, guide, x, config, schedule, step)
-                _check_finite(bound, loss, step=step, epoch=epoch, where=kept)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
-                    if not bool(torch.isfinite(norm)):
-                        raise TrainingDiverged(f"non-finite gradient at step {step} (epoch {epoch + 1}); {kept}")
-                optimizer.step()
-                with torch.no_grad():
-                    sums["bound"] += float(bound.value.sum())
-                    sums["reconstruction"] += float(bound.reconstruction.sum())
-                    sums["kl"] += float(bound.kl.sum())
+                train_step(x_epoch[index])
                 position += 1
                 step += 1
                 bar.update(1)
                 if progress and position % 20 == 0:
+                    read_sums()
                     bar.set_postfix(bound=f"{sums['bound'] / min(n, position * config.batch_size):.2f}")
             bar.close()
+            read_sums()
             sums["seconds"] += time.perf_counter() - started
             _set_training(model, guide, False)
             valid = evaluate_bound(latent, guide, validation, objective=config.objective, k=config.k)
@@ -253,6 +240,7 @@ def fit(
                 since_best += 1
             epoch, position = epoch + 1, 0
             sums = {"bound": 0.0, "reconstruction": 0.0, "kl": 0.0, "seconds": 0.0}
+            train_step.reset()
             if out is not None:
                 with (out / METRICS).open("a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")

@@ -1,0 +1,253 @@
+r"""One optimisation step of the same VAE, five ways in one process: elbokit's trainer step, a bare hand-written
+PyTorch loop (with torch's default Adam, and with its fused Adam), Pyro's SVI with
+``Trace_ELBO`` and with ``TraceMeanField_ELBO``, and the FLOP floor.
+
+Configurations: the 784-400-20 VAE of Kingma & Welling (2014) (tanh, one hidden layer each way) and the
+784-200-200-50 of Burda et al. (2016) (tanh), both with a Bernoulli likelihood on binarized MNIST, at batch 20
+and 128. Every method trains its own copy of the same initial weights on the same batches; a step is the
+single-sample ELBO's forward pass, backward pass and Adam update (lr 1e-3), with the analytic Gaussian KL
+everywhere except Pyro's ``Trace_ELBO``, which samples it.
+
+- **elbokit**: :class:`elbokit.train.step.TrainStep`, the step ``elbokit.fit`` takes (under
+  :func:`~elbokit.train.step.unvalidated`, as in ``fit``), on ``VAE.mlp``.
+- **bare**: the bound written out by hand: encoder -> (loc, softplus scale), z = loc + scale ε, the decoder's
+  logits, ``binary_cross_entropy_with_logits`` summed over pixels, the closed-form KL, ``torch.optim.Adam``
+  with its defaults (what a hand-written loop uses). **bare-fused** is the same with ``fused=True``, the
+  optimiser elbokit's trainer uses (:func:`elbokit.train.step.make_optimizer`).
+- **pyro-trace / pyro-meanfield**: ``pyro.infer.SVI`` over a model and guide built from the same modules,
+  ``pyro.optim.Adam``.
+- **floor**: the step's FLOPs (forward 2·B·Σ in·out over the Linear layers; backward twice that, less the
+  input gradient of the first layer) divided by the rate of a large float32 GEMM measured in the same run.
+
+Timing: for each configuration, ``--repeats`` rounds; in each round the methods run in a fresh random order,
+each for ``--steps`` steps after one warm-up step, and the per-step time of each is recorded. Reported: the
+median per-step time of each method and the median over rounds of each round's ratios (so drifting machine
+load falls on both sides of a ratio alike). CPU, ``--threads`` torch threads. Prints one JSON object last
+with ``--json``.
+
+    python benchmarks/train_step.py --json
+
+Targets (the project's issue 6): elbokit <= 1.0 x the bare loop at both batch sizes (so <= 0.5 x Pyro
+``TraceMeanField_ELBO`` at batch 20 and <= 0.7 x at batch 128), and at batch 128 at least 50 % of the FLOP
+floor's rate.
+
+References:
+    Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
+    Burda, Grosse & Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
+    Bingham et al., "Pyro: deep universal probabilistic programming", JMLR 2019.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from elbokit.config import RunConfig
+from elbokit.data import load
+from elbokit.models import VAE
+from elbokit.train.schedules import parse_schedule
+from elbokit.train.step import TrainStep, make_optimizer, unvalidated
+
+try:
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+    from pyro.optim import Adam as PyroAdam
+except ImportError:  # pragma: no cover
+    pyro = None
+
+ARCHITECTURES = {"784-400-20": ((400,), 20), "784-200-200-50": ((200, 200), 50)}
+Step = Callable[[Tensor], None]
+
+
+def _elbokit(vae: VAE, batch: int) -> Step:
+    config = RunConfig(batch_size=batch, lr=1e-3)
+    params = list(vae.parameters())
+    step = TrainStep(vae, vae.encoder, config, parse_schedule("constant", steps_per_epoch=1), params=params,
+                     optimizer=make_optimizer(params, config.lr))  # fmt: skip
+
+    def run(x: Tensor) -> None:
+        with unvalidated():
+            step(x)
+
+    return run
+
+
+def _bare(vae: VAE, *, fused: bool) -> Step:
+    encoder, decoder = vae.encoder.encoder, vae.decoder  # the plain nn.Sequential networks
+    d = vae.latent_dim
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=True) if fused else torch.optim.Adam(params, lr=1e-3)
+
+    def run(x: Tensor) -> None:
+        out = encoder(x)
+        loc, scale = out[:, :d], F.softplus(out[:, d:]) + 1e-5
+        z = loc + scale * torch.randn_like(loc)
+        log_px_given_z = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
+        kl = 0.5 * (scale.square() + loc.square() - 1).sum(-1) - scale.log().sum(-1)
+        loss = -(log_px_given_z - kl).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return run
+
+
+def _pyro(vae: VAE, *, meanfield: bool) -> Step:
+    assert pyro is not None
+    encoder, decoder = vae.encoder.encoder, vae.decoder
+    d = vae.latent_dim
+
+    def model(x: Tensor) -> None:
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(d), x.new_ones(d)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z), validate_args=False).to_event(1), obs=x)
+
+    def guide(x: Tensor) -> None:
+        pyro.module("encoder", encoder)
+        out = encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(out[:, :d], F.softplus(out[:, d:]) + 1e-5).to_event(1))
+
+    loss = TraceMeanField_ELBO() if meanfield else Trace_ELBO()
+    svi = SVI(model, guide, PyroAdam({"lr": 1e-3}), loss=loss)
+
+    def run(x: Tensor) -> None:
+        svi.step(x)
+
+    return run
+
+
+def _forward_flops(sizes: list[tuple[int, int]], batch: int) -> float:
+    return 2.0 * batch * sum(i * o for i, o in sizes)
+
+
+def _linear_sizes(vae: VAE) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in vae.modules() if isinstance(m, nn.Linear)]
+
+
+def step_flops(vae: VAE, batch: int) -> float:
+    """FLOPs of one step: forward, plus backward (weight and input gradients) less the first layer's input
+    gradient (x needs none). Elementwise work and the optimiser are left out: the floor is the matmuls'."""
+    sizes = _linear_sizes(vae)
+    forward = _forward_flops(sizes, batch)
+    first_encoder = sizes[0]
+    return 3 * forward - 2.0 * batch * first_encoder[0] * first_encoder[1]
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 7) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _batches(data: Tensor, batch: int, count: int, generator: torch.Generator) -> list[Tensor]:
+    index = torch.randint(0, data.shape[0], (count, batch), generator=generator)
+    return [torch.bernoulli(data[i], generator=generator) for i in index]
+
+
+def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: int, seed: int) -> dict[str, Any]:
+    hidden, latent = ARCHITECTURES[arch]
+    torch.manual_seed(seed)
+    base = VAE.mlp(784, latent, hidden=hidden, likelihood="bernoulli").float()
+    methods: dict[str, Step] = {
+        "elbokit": _elbokit(copy.deepcopy(base), batch),
+        "bare": _bare(copy.deepcopy(base), fused=False),
+        "bare_fused": _bare(copy.deepcopy(base), fused=True),
+    }
+    if pyro is not None:
+        pyro.clear_param_store()
+        methods["pyro_trace"] = _pyro(copy.deepcopy(base), meanfield=False)
+        methods["pyro_meanfield"] = _pyro(copy.deepcopy(base), meanfield=True)
+    gen = torch.Generator().manual_seed(seed)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    order = list(methods)
+    shuffle = random.Random(seed)
+    for _ in range(repeats):
+        shuffle.shuffle(order)
+        batches = _batches(data, batch, steps + 1, gen)
+        for name in order:
+            run = methods[name]
+            run(batches[0])  # warm-up: caches, allocator, optimiser state
+            started = time.perf_counter()
+            for x in batches[1:]:
+                run(x)
+            times[name].append((time.perf_counter() - started) / steps * 1e3)
+    rate = gemm_gflops()
+    flop = step_flops(base, batch)
+    floor_ms = flop / (rate * 1e9) * 1e3
+
+    def ratio(a: str, b: str) -> float | None:
+        if a not in times or b not in times:
+            return None
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+    result: dict[str, Any] = {"arch": arch, "batch": batch}
+    for name in ("elbokit", "bare", "bare_fused", "pyro_trace", "pyro_meanfield"):
+        result[f"{name}_ms"] = statistics.median(times[name]) if name in times else None
+    result.update({
+        "gemm_gflops": rate, "model_gflop_per_step": flop / 1e9, "floor_ms": floor_ms,
+        "elbokit_over_bare": ratio("elbokit", "bare"), "elbokit_over_bare_fused": ratio("elbokit", "bare_fused"),
+        "elbokit_over_pyro_trace": ratio("elbokit", "pyro_trace"),
+        "elbokit_over_pyro_meanfield": ratio("elbokit", "pyro_meanfield"),
+        "pyro_meanfield_over_bare": ratio("pyro_meanfield", "bare"),
+        "bare_floor_fraction": floor_ms / result["bare_ms"],
+        "elbokit_floor_fraction": floor_ms / result["elbokit_ms"],
+    })  # fmt: skip
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per method and round (default 30)")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds (default 15)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--arch", choices=(*ARCHITECTURES, "all"), default="all")
+    parser.add_argument("--batch", type=int, nargs="*", default=[20, 128])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load("binarized-mnist").train
+    archs = list(ARCHITECTURES) if args.arch == "all" else [args.arch]
+    rows = [bench_config(a, b, data, steps=args.steps, repeats=args.repeats, seed=args.seed)
+            for a in archs for b in args.batch]  # fmt: skip
+    print(f"{'arch':<16}{'batch':>6}{'elbokit':>9}{'bare':>8}{'b-fu':>8}{'trace':>8}{'meanf':>8}{'floor':>8}"
+          f"{'ek/bare':>9}{'ek/b-fu':>9}{'ek/mf':>7}{'mf/bare':>8}{'ek%fl':>7}")  # fmt: skip
+
+    def cell(v: float | None, width: int, digits: int = 2) -> str:
+        return f"{v:{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
+
+    for r in rows:
+        print(f"{r['arch']:<16}{r['batch']:>6}" + cell(r["elbokit_ms"], 9) + cell(r["bare_ms"], 8)
+              + cell(r["bare_fused_ms"], 8) + cell(r["pyro_trace_ms"], 8) + cell(r["pyro_meanfield_ms"], 8)
+              + cell(r["floor_ms"], 8, 3) + cell(r["elbokit_over_bare"], 9) + cell(r["elbokit_over_bare_fused"], 9)
+              + cell(r["elbokit_over_pyro_meanfield"], 7) + cell(r["pyro_meanfield_over_bare"], 8)
+              + cell(100 * r["elbokit_floor_fraction"], 7, 0))  # fmt: skip
+    if args.json:
+        print(json.dumps({
+            "configs": rows, "threads": args.threads, "steps": args.steps, "repeats": args.repeats,
+            "torch": torch.__version__, "pyro": getattr(pyro, "__version__", None),
+            "date": datetime.date.today().isoformat(),
+        }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
