@@ -12,9 +12,9 @@ first ``--limit`` binarized test images, under ``torch.inference_mode()``:
 
 1. **elbokit**: ``ek.log_marginal(model, model.encoder, x, k=k, chunk_size=..., warn=False)`` over batches of
    ``--elbokit-batch`` = 100 points, ``--elbokit-chunk`` = 20 samples drawn at once: (20 * 100, 784) logits,
-   6 MB (10 to 50 ran within 10 % of it). ``--elbokit-chunk auto`` is the library's own choice, 2^24 elements
-   (213 samples, 64 MB tensors), which ran about 1.6 x slower on the 2-core CPU this was written on (cache
-   misses, and page faults on every fresh 64 MB tensor). Its per-point delta-method standard errors give the
+   6 MB (10 to 50 ran within 10 % of it). ``--elbokit-chunk auto`` is the library's own choice, 2^21 elements on a
+   CPU without autograd (26 samples, 8 MB tensors); its earlier 2^24 (213 samples, 64 MB tensors) ran about
+   1.6 x slower on a 2-core CPU (cache misses, and page faults on every fresh 64 MB tensor). Its per-point delta-method standard errors give the
    standard error of the mean, sqrt(sum se^2) / n.
 2. **pythae**: ``pythae.models.VAE.get_nll`` (pythae 0.1.2, ``pythae/models/vae/vae_model.py``), called point by
    point, with the elbokit VAE's modules wrapped in pythae's ``BaseEncoder`` / ``BaseDecoder`` (the encoder

@@ -475,6 +475,17 @@ def test_default_chunk_bounds_memory_at_mnist_scale() -> None:
     assert chunk * 1000 * 784 * 4 < 2**31
 
 
+def test_default_chunk_is_cache_sized_without_autograd_on_cpu() -> None:
+    """Without autograd a CPU chunk stays under CPU_EVAL_CHUNK_ELEMENTS (2^21: 26 samples of 100 x 784); under
+    autograd, where a chunk is checkpointed and re-run, the memory bound CHUNK_ELEMENTS (2^24) applies, so
+    training-sized calls (k = 50 at batch 128) are not chunked."""
+    x = torch.empty(100, 784)
+    with torch.no_grad():
+        assert default_chunk(5000, x) == _weights.CPU_EVAL_CHUNK_ELEMENTS // (100 * 784) == 26
+    assert default_chunk(5000, x) == _weights.CHUNK_ELEMENTS // (100 * 784) == 213
+    assert default_chunk(50, torch.empty(128, 784)) == 50
+
+
 class _TinyDecoderModel(torch.nn.Module):
     """A small MLP-like model: z (2,) -> Bernoulli logits over 784 pixels."""
 

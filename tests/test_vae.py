@@ -160,6 +160,24 @@ def test_bernoulli_is_the_cross_entropy_and_takes_grey_values() -> None:
     assert set(p.sample().unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("logits_shape, x_shape", [((K, B, D), (B, D)), ((B, D), (K, B, D)), ((D,), (B, D))])
+def test_bernoulli_gradient_matches_torch_whichever_side_broadcasts(logits_shape, x_shape) -> None:
+    """The three-pass log_prob (in place when the logits hold the broadcast shape, else out of place) has torch's
+    value and gradient with respect to the logits, for grey x."""
+    gen = torch.Generator().manual_seed(3)
+    eta = torch.randn(*logits_shape, generator=gen, dtype=torch.float64)
+    x = torch.rand(*x_shape, generator=gen, dtype=torch.float64)
+    ours, theirs = eta.clone().requires_grad_(), eta.clone().requires_grad_()
+    value = Bernoulli()(ours).log_prob(x)
+    expected = Independent(TorchBernoulli(logits=theirs, validate_args=False), 1).log_prob(x)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(value.shape, generator=gen, dtype=torch.float64)
+    (value * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert ours.grad is not None and theirs.grad is not None
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-12, atol=1e-12)
+
+
 def test_continuous_bernoulli_mean() -> None:
     r"""E[x] = lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)), and = \int_0^1 x p(x) dx numerically."""
     logits = torch.tensor([-4.0, -1.0, -0.3, 0.3, 2.0, 5.0])

@@ -18,11 +18,13 @@ beside a running top M + 1 of the log weights (all the k-hat fit needs), so memo
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from elbokit.distributions import unvalidated
 from elbokit.estimators._pareto import KHAT_THRESHOLD, khat_from_top, merge_top, tail_length
 from elbokit.estimators._weights import check_positive_int, default_chunk, guide_distribution, log_weights
 from elbokit.models.base import Guide, LatentModel
@@ -109,7 +111,8 @@ def log_marginal(
         moments: WeightMoments | None = None
         top: Tensor | None = None  # running top M + 1 log weights: (<= M + 1, B)
         for start in range(0, k, chunk):
-            log_w = log_weights(model, q, x, min(chunk, k - start), path="score", prior=prior).log_w  # (n, B)
+            with nullcontext() if start == 0 else unvalidated():  # the first chunk checks the arguments
+                log_w = log_weights(model, q, x, min(chunk, k - start), path="score", prior=prior).log_w  # (n, B)
             block = weight_moments(log_w)
             moments = block if moments is None else merge_moments(moments, block)
             top = merge_top(top, log_w, tail)

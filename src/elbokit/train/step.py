@@ -8,14 +8,13 @@ them once, at the end of an epoch or before a checkpoint is written, and raises 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
 
 from elbokit.config import RunConfig
+from elbokit.distributions import unvalidated
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.objective import training_bound
 from elbokit.train.schedules import Schedule
@@ -46,21 +45,6 @@ def make_optimizer(params: Sequence[Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-@contextmanager
-def unvalidated() -> Iterator[None]:
-    """Switch off torch.distributions' per-call argument checks (each a ``.all()`` and, on a GPU, a host sync).
-
-    Training data are checked against the likelihood's support once when the run starts, and the step's own
-    guard catches non-finite values, so the per-step checks only cost time.
-    """
-    previous = Distribution._validate_args
-    Distribution.set_default_validate_args(False)
-    try:
-        yield
-    finally:
-        Distribution.set_default_validate_args(previous)
 
 
 class TrainStep:
