@@ -14,8 +14,8 @@ first ``--limit`` binarized test images, under ``torch.inference_mode()``:
    ``--elbokit-batch`` = 100 points, ``--elbokit-chunk`` = 20 samples drawn at once: (20 * 100, 784) logits,
    6 MB (10 to 50 ran within 10 % of it). ``--elbokit-chunk auto`` is the library's own choice, 2^21 elements on a
    CPU without autograd (26 samples, 8 MB tensors); its earlier 2^24 (213 samples, 64 MB tensors) ran about
-   1.6 x slower on a 2-core CPU (cache misses, and page faults on every fresh 64 MB tensor). Its per-point delta-method standard errors give the
-   standard error of the mean, sqrt(sum se^2) / n.
+   1.6 x slower on a 2-core CPU (cache misses, and page faults on every fresh 64 MB tensor). Its per-point
+   delta-method standard errors give the standard error of the mean, sqrt(sum se^2) / n.
 2. **pythae**: ``pythae.models.VAE.get_nll`` (pythae 0.1.2, ``pythae/models/vae/vae_model.py``), called point by
    point, with the elbokit VAE's modules wrapped in pythae's ``BaseEncoder`` / ``BaseDecoder`` (the encoder
    returns mu and log sigma^2 of the same q; the decoder returns sigmoid(logits), since pythae's "bce" loss
