@@ -44,7 +44,9 @@ import copy
 import datetime
 import json
 import random
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -190,6 +192,8 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
             for x in batches[1:]:
                 run(x)
             times[name].append((time.perf_counter() - started) / steps * 1e3)
+    if os.environ.get("TRAIN_STEP_ROUNDS"):
+        print(arch, batch, {n: [round(t, 2) for t in v] for n, v in times.items()}, file=sys.stderr)
     rate = gemm_gflops()
     flop = step_flops(base, batch)
     floor_ms = flop / (rate * 1e9) * 1e3

@@ -162,8 +162,9 @@ def test_bernoulli_is_the_cross_entropy_and_takes_grey_values() -> None:
 
 @pytest.mark.parametrize("logits_shape, x_shape", [((K, B, D), (B, D)), ((B, D), (K, B, D)), ((D,), (B, D))])
 def test_bernoulli_gradient_matches_torch_whichever_side_broadcasts(logits_shape, x_shape) -> None:
-    """The three-pass log_prob (in place when the logits hold the broadcast shape, else out of place) has torch's
-    value and gradient with respect to the logits, for grey x."""
+    """Both forms of log_prob have torch's value, whichever side broadcasts, for grey x: the three-pass one without
+    autograd (in place when the logits hold the broadcast shape, else out of place) and the cross-entropy one
+    under autograd, whose gradient with respect to the logits is torch's too."""
     gen = torch.Generator().manual_seed(3)
     eta = torch.randn(*logits_shape, generator=gen, dtype=torch.float64)
     x = torch.rand(*x_shape, generator=gen, dtype=torch.float64)
@@ -171,6 +172,8 @@ def test_bernoulli_gradient_matches_torch_whichever_side_broadcasts(logits_shape
     value = Bernoulli()(ours).log_prob(x)
     expected = Independent(TorchBernoulli(logits=theirs, validate_args=False), 1).log_prob(x)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(Bernoulli()(eta).log_prob(x), expected.detach(), rtol=1e-12, atol=1e-12)
     weights = torch.randn(value.shape, generator=gen, dtype=torch.float64)
     (value * weights).sum().backward()
     (expected * weights).sum().backward()

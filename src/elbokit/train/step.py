@@ -23,6 +23,7 @@ __all__ = ["NonFiniteStep", "TrainStep", "make_optimizer", "unvalidated"]
 
 #: Codes of what went non-finite first, on the device: 0 nothing, then the terms in the order they are checked.
 _TERMS = ("", "reconstruction term E_q log p(x|z)", "KL term", "bound", "gradient")
+_NEVER = 1 << 62
 
 
 class NonFiniteStep(RuntimeError):
@@ -67,8 +68,11 @@ class TrainStep:
         self.step = step
         device = self.params[0].device if self.params else torch.device("cpu")
         self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # bound, reconstruction, KL
-        self._bad = torch.zeros((), dtype=torch.int64, device=device)  # a _TERMS code, 0 while all is finite
-        self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        # The guard: the smallest 8 * step + code over the non-finite terms so far (_NEVER while all is finite),
+        # so the first bad step, and its first bad term in _TERMS order, come out of one minimum per step.
+        self._codes = torch.arange(1, len(_TERMS), dtype=torch.int64, device=device)
+        self._first_bad = torch.full((), _NEVER, dtype=torch.int64, device=device)
+        self._no_norm = torch.zeros((), device=device)
 
     def __call__(self, x: Tensor) -> None:
         bound, loss, _beta = training_bound(self.model, self.guide, x, self.config, self.schedule, self.step)
@@ -77,27 +81,22 @@ class TrainStep:
         if self.config.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.clip)
         else:
-            norm = torch.zeros((), device=self._sums.device)
+            norm = self._no_norm
         with torch.no_grad():
-            parts = torch.stack([bound.value.sum(), bound.reconstruction.sum(), bound.kl.sum()]).double()
-            self._sums += parts
-            code = torch.where(
-                ~torch.isfinite(parts[1]), 1,
-                torch.where(~torch.isfinite(parts[2]), 2,
-                            torch.where(~torch.isfinite(loss), 3, torch.where(~torch.isfinite(norm), 4, 0))),
-            )  # fmt: skip
-            first = (self._bad == 0) & (code != 0)
-            self._bad_step.copy_(torch.where(first, self.step, self._bad_step))
-            self._bad.copy_(torch.where(first, code, self._bad))
+            terms = [bound.value.sum(), bound.reconstruction.sum(), bound.kl.sum(), loss, norm]
+            parts = torch.stack([t.to(loss.dtype) for t in terms])
+            self._sums += parts[:3]
+            keys = torch.where(torch.isfinite(parts[1:]), _NEVER, self._codes + 8 * self.step)
+            torch.minimum(self._first_bad, keys.min(), out=self._first_bad)
         self.optimizer.step()
         self.step += 1
 
     def read(self) -> tuple[float, float, float]:
         """The sums of the bound, reconstruction and KL so far (one read from the device); NonFiniteStep if a
         step's loss or gradient was not finite."""
-        bad, bad_step, sums = int(self._bad), int(self._bad_step), self._sums.tolist()
-        if bad:
-            raise NonFiniteStep(bad_step, _TERMS[bad])
+        first_bad, sums = int(self._first_bad), self._sums.tolist()
+        if first_bad != _NEVER:
+            raise NonFiniteStep(first_bad // 8, _TERMS[first_bad % 8])
         return sums[0], sums[1], sums[2]
 
     def reset(self, sums: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
