@@ -43,8 +43,8 @@ import argparse
 import copy
 import datetime
 import json
-import random
 import os
+import random
 import statistics
 import sys
 import time
