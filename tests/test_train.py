@@ -29,6 +29,7 @@ from elbokit.train import (
 from elbokit.train import loop as loop_module
 from elbokit.train.loop import epoch_generator
 from elbokit.train.objective import _free_bits_kl
+from elbokit.train.schedules import burda_stage, lr_factor
 
 # -- schedules ---------------------------------------------------------------------------------------------------
 
@@ -241,16 +242,17 @@ def test_dynamic_binarization_draws_afresh_each_epoch_reproducibly() -> None:
     assert epoch_generator(1, 0, 0).initial_seed() != epoch_generator(1, 0, 1).initial_seed()
 
 
-@pytest.mark.parametrize("objective", ["elbo", "iwae", "freebits", "linear", "stl", "dreg"])
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "freebits", "linear", "stl", "dreg", "burda"])
 def test_resume_after_an_interruption_is_bit_identical(tmp_path: Path, objective: str) -> None:
     extra: dict[str, object] = {
         "elbo": {}, "iwae": {"objective": "iwae", "k": 3}, "freebits": {"anneal": "freebits:0.3"},
         "linear": {"anneal": "linear:10"}, "stl": {"gradient": "stl", "k": 2},
-        "dreg": {"objective": "iwae", "k": 4, "gradient": "dreg"},
+        "dreg": {"objective": "iwae", "k": 4, "gradient": "dreg"}, "burda": {"lr_schedule": "burda", "epochs": 3},
     }[objective]  # fmt: skip
     data = _dataset("dynamic")
+    epochs = int(extra.pop("epochs", 4))  # type: ignore[call-overload]
     straight = _vae()
-    fit(straight, straight.encoder, data, _config(epochs=4, **extra), out=tmp_path / "a")
+    fit(straight, straight.encoder, data, _config(epochs=epochs, **extra), out=tmp_path / "a")
 
     # Stop partway through epoch 3 by a "signal" at step 19 (8 steps per epoch), then resume in a fresh process
     # state: new model object, scrambled global RNG.
@@ -264,7 +266,7 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path: Path, objective
     original = loop_module._stop_requests
     loop_module._stop_requests = lambda: _ContextReturning(stop_after_19)  # type: ignore[assignment]
     try:
-        result = fit(first, first.encoder, data, _config(epochs=4, **extra), out=tmp_path / "b")
+        result = fit(first, first.encoder, data, _config(epochs=epochs, **extra), out=tmp_path / "b")
     finally:
         loop_module._stop_requests = original
     assert result.stopped == "interrupted" and result.steps == 19
@@ -272,7 +274,7 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path: Path, objective
     assert (state["epoch"], state["position"]) == (2, 3)
     torch.manual_seed(12345)
     resumed = _vae(seed=77)
-    fit(resumed, resumed.encoder, data, _config(epochs=4, **extra), out=tmp_path / "b", resume=True)
+    fit(resumed, resumed.encoder, data, _config(epochs=epochs, **extra), out=tmp_path / "b", resume=True)
     _assert_identical(_params(straight), _params(resumed))
     a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
@@ -379,6 +381,31 @@ def test_beta_follows_the_schedule_in_the_metrics() -> None:
     model = _vae()
     result = fit(model, model.encoder, _dataset(), _config(epochs=3, anneal="linear:16"))
     assert [m["beta"] for m in result.history] == [0.5, 1.0, 1.0]
+
+
+def test_burda_schedule_keeps_its_stage_lengths_when_scaled() -> None:
+    """Over 3,280 epochs stage i lasts 3^i epochs; over a tenth (328) and a hundredth (33) each stage keeps its
+    share (early stages of under half an epoch vanish); factors 10^(-i/7)."""
+    for epochs, expected in ((3280, [3**i for i in range(8)]), (328, [0, 0, 1, 3, 8, 24, 73, 219]),
+                             (33, [0, 0, 0, 0, 1, 3, 7, 22])):  # fmt: skip
+        counts = [0] * 8
+        for epoch in range(epochs):
+            counts[burda_stage(epoch, epochs)] += 1
+        assert counts == expected
+    assert lr_factor("burda", 0, 3280) == 1.0 and lr_factor("burda", 3279, 3280) == pytest.approx(0.1, rel=1e-12)
+    assert lr_factor("constant", 5, 10) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor("cosine", 0, 1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _config(lr_schedule="cosine")
+
+
+def test_the_learning_rate_follows_the_schedule_in_the_metrics_and_the_optimizer() -> None:
+    """8 epochs of the burda schedule: (e + 1/2) 410 falls in stages 5, 6, 6, 7, 7, 7, 7, 7."""
+    model = _vae()
+    result = fit(model, model.encoder, _dataset(), _config(epochs=8, lr=2e-3, lr_schedule="burda"))
+    stages = [5, 6, 6, 7, 7, 7, 7, 7]
+    assert [m["lr"] for m in result.history] == pytest.approx([2e-3 * 10 ** (-i / 7) for i in stages], rel=1e-12)
 
 
 def test_gradient_clipping_bounds_the_update() -> None:

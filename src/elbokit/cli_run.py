@@ -23,7 +23,7 @@ from elbokit._io import atomic_write
 from elbokit.cli_args import UsageError, _int_list, _number, _Parser, _positive_int
 from elbokit.cli_diagnose import add_diagnose_command, add_sweep_command, cmd_diagnose, cmd_sweep
 from elbokit.cli_report import add_report_command, cmd_report, report
-from elbokit.config import ACTIVATIONS, OBJECTIVES, RunConfig
+from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
 from elbokit.data import available, download
 from elbokit.runs import (
     CONFIG,
@@ -46,7 +46,8 @@ from elbokit.train import fit, resolve_device
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 _FIELDS = {
     "data", "data_dir", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood", "objective", "k",
-    "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "clip", "patience", "seed", "device", "quiet",
+    "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "lr_schedule", "clip", "patience", "seed", "device",
+    "quiet",
 }  # fmt: skip
 
 
@@ -77,6 +78,9 @@ def _add_run_commands(commands: Any) -> None:
     fit_.add_argument("--anneal", help="constant, linear:N, cyclical:N[:R] or freebits:LAMBDA (N steps or Nep)")
     fit_.add_argument("--batch-size", type=_positive_int, help="points per step (default 100)")
     fit_.add_argument("--lr", type=_number, help="Adam learning rate (default 1e-3)")
+    fit_.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                      help="constant (default) or burda: Burda et al. (2016)'s 8 stages of 3^i epochs at "
+                      "lr 10^(-i/7), scaled to --epochs")  # fmt: skip
     fit_.add_argument("--clip", type=_number, help="clip the gradient norm to this value")
     fit_.add_argument("--patience", type=_positive_int, help="early stopping after N epochs without improvement")
     fit_.add_argument("--device", help="auto (default), cpu or cuda")

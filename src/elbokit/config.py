@@ -19,6 +19,7 @@ else:  # pragma: no cover
 OBJECTIVES = ("elbo", "iwae")
 GRADIENTS = {"elbo": ("reparam", "score", "stl"), "iwae": ("reparam", "stl", "dreg")}
 ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "gelu")
+LR_SCHEDULES = ("constant", "burda")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class RunConfig:
     epochs: int = 10  # passes over the training set
     batch_size: int = 100  # points per step
     lr: float = 1e-3  # Adam learning rate
+    # per-epoch factor on lr: "constant", or "burda" (Burda et al. 2016: 8 stages, lr * 10^(-i/7) for 3^i/3280
+    # of the epochs in stage i)
+    lr_schedule: str = "constant"
     clip: float | None = None  # clip the gradient's global norm to this value (None: no clipping)
     patience: int | None = None  # stop after this many epochs without a better validation bound (None: never)
     seed: int = 0  # seeds parameters, data order, binarization and Monte-Carlo draws
@@ -79,6 +83,8 @@ class RunConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
             raise ValueError(f"clip must be > 0, got {self.clip}")
         if self.patience is not None and self.patience < 1:

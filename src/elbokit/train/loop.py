@@ -39,7 +39,7 @@ from elbokit.train.checkpoint import (
     save_checkpoint,
 )
 from elbokit.train.objective import evaluate_bound
-from elbokit.train.schedules import check_reaches_target, parse_schedule
+from elbokit.train.schedules import check_reaches_target, lr_factor, parse_schedule
 from elbokit.train.step import NonFiniteStep, TrainStep, make_optimizer, unvalidated
 
 METRICS = "metrics.jsonl"
@@ -199,6 +199,9 @@ def fit(
     stopped = "completed"
     with _stop_requests() as stop_requested, unvalidated():
         while epoch < config.epochs:
+            lr = config.lr * lr_factor(config.lr_schedule, epoch, config.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             x_epoch, order = _epoch_data(train, seed=config.seed, epoch=epoch, dynamic=dynamic)
             bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not progress, leave=False, unit="step")  # fmt: skip
@@ -227,7 +230,7 @@ def fit(
             if not math.isfinite(valid["bound"]):
                 raise TrainingDiverged(f"non-finite validation bound after epoch {epoch + 1}; {kept}")
             record = {
-                "epoch": epoch + 1, "step": step, "beta": config.beta * schedule.factor(step - 1),
+                "epoch": epoch + 1, "step": step, "beta": config.beta * schedule.factor(step - 1), "lr": lr,
                 "train_bound": sums["bound"] / n, "train_reconstruction": sums["reconstruction"] / n,
                 "train_kl": sums["kl"] / n, "validation_bound": valid["bound"], "validation_elbo": valid["elbo"],
                 "validation_reconstruction": valid["reconstruction"], "validation_kl": valid["kl"],

@@ -20,6 +20,14 @@ A schedule is written ``SPEC``:
   KL → Σ_j max(λ, E_batch KL_j) (Kingma et al. 2016), so dimensions under λ get no push toward the prior.
 
 N may be given in epochs with an ``ep`` suffix (``linear:5ep``); it is converted with the steps per epoch.
+
+Learning-rate schedules (:func:`lr_factor`, the ``lr_schedule`` setting) multiply Adam's rate per epoch:
+
+- ``constant``: 1.
+- ``burda``: the schedule of Burda, Grosse & Salakhutdinov (2016, section 5): 8 stages i = 0..7, stage i lasting
+  3^i of its 3,280 epochs at 10^(-i/7) times the base rate (1e-3 in the paper). Over a run of E epochs the stages
+  keep their proportions: epoch e (0-based) is in the stage whose share of 3,280 holds (e + 1/2) 3280 / E, so a
+  tenth of the schedule (328 epochs) still passes through every rate, each stage a tenth as long.
 """
 
 from __future__ import annotations
@@ -28,7 +36,36 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from elbokit.config import LR_SCHEDULES
+
 Kind = Literal["constant", "linear", "cyclical", "freebits"]
+
+#: Burda et al. (2016)'s schedule: stage i lasts 3^i epochs, 3,280 in all.
+BURDA_STAGES = 8
+BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))
+
+
+def burda_stage(epoch: int, epochs: int) -> int:
+    """The stage i in 0..7 of Burda et al.'s schedule that the 0-based ``epoch`` of ``epochs`` falls in."""
+    if epochs < 1 or not 0 <= epoch < epochs:
+        raise ValueError(f"epoch must be in 0..{epochs - 1}, got {epoch}")
+    t = (epoch + 0.5) * BURDA_EPOCHS / epochs
+    end = 0
+    for i in range(BURDA_STAGES):
+        end += 3**i
+        if t < end:
+            return i
+    return BURDA_STAGES - 1
+
+
+def lr_factor(spec: str, epoch: int, epochs: int) -> float:
+    """The learning rate's factor in the 0-based ``epoch`` of a run of ``epochs``: 1 for ``constant``,
+    10^(-i/7) in stage i of Burda et al.'s schedule for ``burda``."""
+    if spec == "constant":
+        return 1.0
+    if spec == "burda":
+        return 10.0 ** (-burda_stage(epoch, epochs) / 7)
+    raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {spec!r}")
 
 
 @dataclass(frozen=True)
