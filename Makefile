@@ -46,8 +46,12 @@ test: install-dev chromium
 	$(PY) -m pytest -q
 
 # The benchmarks against the peers (Pyro from the `bench` extra): each prints one JSON object last, kept in
-# benchmarks/results/. log_px and gaps use the demo's run (runs/demo), training it first if it is missing.
+# benchmarks/results/. log_px and gaps use the demo's run (runs/demo), training it first if it is missing;
+# quality trains its own runs into benchmarks/results/quality (resumable: run it again to continue one).
 BENCH_RESULTS := benchmarks/results
+# quality.py: the fraction of Burda et al.'s 3,280-epoch schedule, and the models (vae iwae5 iwae50 pyro)
+QUALITY_FRACTION ?= 0.01
+QUALITY_MODELS ?= vae iwae5 pyro
 bench: install
 	$(PIP) install --quiet --no-warn-conflicts -e '.[bench]'
 	mkdir -p $(BENCH_RESULTS)
@@ -57,6 +61,9 @@ bench: install
 	tail -n 1 $(BENCH_RESULTS)/log_px.log > $(BENCH_RESULTS)/log_px.json
 	$(PY) benchmarks/gaps.py --json > $(BENCH_RESULTS)/gaps.log
 	tail -n 1 $(BENCH_RESULTS)/gaps.log > $(BENCH_RESULTS)/gaps.json
+	$(PY) benchmarks/quality.py --fraction $(QUALITY_FRACTION) --pyro-fraction $(QUALITY_FRACTION) \
+		--models $(QUALITY_MODELS) --json > $(BENCH_RESULTS)/quality.log
+	tail -n 1 $(BENCH_RESULTS)/quality.log > $(BENCH_RESULTS)/quality.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests examples benchmarks

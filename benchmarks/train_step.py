@@ -18,12 +18,15 @@ everywhere except Pyro's ``Trace_ELBO``, which samples it.
   ``pyro.optim.Adam``.
 - **floor**: the step's FLOPs (forward 2·B·Σ in·out over the Linear layers; backward twice that, less the
   input gradient of the first layer) divided by the rate of a large float32 GEMM measured in the same run.
+- **matmuls**: those matrix products alone, at the step's shapes, on preallocated operands, timed in the same
+  rounds: small products run below the large GEMM's rate, so ``matmuls_floor_fraction`` is the most of the
+  floor any implementation of the step reaches on the machine.
 
-Timing: for each configuration, ``--repeats`` rounds; in each round the methods run in a fresh random order,
-each for ``--steps`` steps after one warm-up step, and the per-step time of each is recorded. Reported: the
-median per-step time of each method and the median over rounds of each round's ratios (so drifting machine
-load falls on both sides of a ratio alike). CPU, ``--threads`` torch threads. Prints one JSON object last
-with ``--json``.
+Timing: for each configuration, an untimed warm-up round, then ``--repeats`` rounds; in each round the methods
+run in a fresh random order, each for ``--steps`` steps after one warm-up step, and the per-step time of each is
+recorded. Reported: the median per-step time of each method and the median over rounds of each round's ratios
+(so drifting machine load falls on both sides of a ratio alike). CPU, ``--threads`` torch threads. Prints one
+JSON object last with ``--json``.
 
     python benchmarks/train_step.py --json
 
@@ -132,6 +135,27 @@ def _pyro(vae: VAE, *, meanfield: bool) -> Step:
     return run
 
 
+def _matmuls(vae: VAE, batch: int) -> Step:
+    """The step's matrix products alone, on preallocated operands of the step's shapes: forward h W^T + b per
+    Linear layer, and backward the weight gradient g^T h and the input gradient g W (not for the first layer).
+    What any implementation of the step must spend: its time bounds the floor fraction a step can reach."""
+    gen = torch.Generator().manual_seed(0)
+    ops = []
+    for i, (fan_in, fan_out) in enumerate(_linear_sizes(vae)):
+        h, w = torch.randn(batch, fan_in, generator=gen), torch.randn(fan_out, fan_in, generator=gen)
+        b, g = torch.randn(fan_out, generator=gen), torch.randn(batch, fan_out, generator=gen)
+        ops.append((h, w, b, g, i > 0))
+
+    def run(_x: Tensor) -> None:
+        for h, w, b, g, input_grad in ops:
+            torch.addmm(b, h, w.t())
+            torch.mm(g.t(), h)
+            if input_grad:
+                torch.mm(g, w)
+
+    return run
+
+
 def _forward_flops(sizes: list[tuple[int, int]], batch: int) -> float:
     return 2.0 * batch * sum(i * o for i, o in sizes)
 
@@ -173,6 +197,7 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
         "elbokit": _elbokit(copy.deepcopy(base), batch),
         "bare": _bare(copy.deepcopy(base), fused=False),
         "bare_fused": _bare(copy.deepcopy(base), fused=True),
+        "matmuls": _matmuls(base, batch),
     }
     if pyro is not None:
         pyro.clear_param_store()
@@ -182,7 +207,7 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
     times: dict[str, list[float]] = {name: [] for name in methods}
     order = list(methods)
     shuffle = random.Random(seed)
-    for _ in range(repeats):
+    for round_ in range(repeats + 1):  # round 0 is an untimed warm-up of every method
         shuffle.shuffle(order)
         batches = _batches(data, batch, steps + 1, gen)
         for name in order:
@@ -191,7 +216,8 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
             started = time.perf_counter()
             for x in batches[1:]:
                 run(x)
-            times[name].append((time.perf_counter() - started) / steps * 1e3)
+            if round_ > 0:
+                times[name].append((time.perf_counter() - started) / steps * 1e3)
     if os.environ.get("TRAIN_STEP_ROUNDS"):
         print(arch, batch, {n: [round(t, 2) for t in v] for n, v in times.items()}, file=sys.stderr)
     rate = gemm_gflops()
@@ -204,7 +230,7 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
     result: dict[str, Any] = {"arch": arch, "batch": batch}
-    for name in ("elbokit", "bare", "bare_fused", "pyro_trace", "pyro_meanfield"):
+    for name in ("elbokit", "bare", "bare_fused", "matmuls", "pyro_trace", "pyro_meanfield"):
         result[f"{name}_ms"] = statistics.median(times[name]) if name in times else None
     result.update({
         "gemm_gflops": rate, "model_gflop_per_step": flop / 1e9, "floor_ms": floor_ms,
@@ -214,6 +240,9 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
         "pyro_meanfield_over_bare": ratio("pyro_meanfield", "bare"),
         "bare_floor_fraction": floor_ms / result["bare_ms"],
         "elbokit_floor_fraction": floor_ms / result["elbokit_ms"],
+        # the step's matmuls alone against the floor: what the best step could reach at these shapes
+        "matmuls_floor_fraction": floor_ms / result["matmuls_ms"],
+        "elbokit_over_matmuls": ratio("elbokit", "matmuls"),
     })  # fmt: skip
     return result
 
@@ -234,7 +263,7 @@ def main() -> None:
     rows = [bench_config(a, b, data, steps=args.steps, repeats=args.repeats, seed=args.seed)
             for a in archs for b in args.batch]  # fmt: skip
     print(f"{'arch':<16}{'batch':>6}{'elbokit':>9}{'bare':>8}{'b-fu':>8}{'trace':>8}{'meanf':>8}{'floor':>8}"
-          f"{'ek/bare':>9}{'ek/b-fu':>9}{'ek/mf':>7}{'mf/bare':>8}{'ek%fl':>7}")  # fmt: skip
+          f"{'ek/bare':>9}{'ek/b-fu':>9}{'ek/mf':>7}{'mf/bare':>8}{'ek%fl':>7}{'mm%fl':>7}")  # fmt: skip
 
     def cell(v: float | None, width: int, digits: int = 2) -> str:
         return f"{v:{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
@@ -244,7 +273,8 @@ def main() -> None:
               + cell(r["bare_fused_ms"], 8) + cell(r["pyro_trace_ms"], 8) + cell(r["pyro_meanfield_ms"], 8)
               + cell(r["floor_ms"], 8, 3) + cell(r["elbokit_over_bare"], 9) + cell(r["elbokit_over_bare_fused"], 9)
               + cell(r["elbokit_over_pyro_meanfield"], 7) + cell(r["pyro_meanfield_over_bare"], 8)
-              + cell(100 * r["elbokit_floor_fraction"], 7, 0))  # fmt: skip
+              + cell(100 * r["elbokit_floor_fraction"], 7, 0)
+              + cell(100 * r["matmuls_floor_fraction"], 7, 0))  # fmt: skip
     if args.json:
         print(json.dumps({
             "configs": rows, "threads": args.threads, "steps": args.steps, "repeats": args.repeats,
