@@ -44,6 +44,12 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+def _broadcasts_into(small: torch.Size, big: torch.Size) -> bool:
+    """Whether a tensor of shape ``small`` broadcasts to ``big`` without growing it (``torch.broadcast_shapes``
+    goes through symbolic shapes: tens of microseconds a call, and an import of sympy on the first)."""
+    return len(small) <= len(big) and all(s in (1, b) for s, b in zip(reversed(small), reversed(big), strict=False))
+
+
 class _BernoulliLogits(Independent):
     """Independent(Bernoulli(logits), 1) with a faster log_prob than torch's.
 
@@ -75,7 +81,7 @@ class _BernoulliLogits(Independent):
             return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
         out = F.logsigmoid(logits)
         complement = 1 - value
-        if torch.broadcast_shapes(out.shape, complement.shape) == out.shape:
+        if _broadcasts_into(complement.shape, out.shape):
             out = out.addcmul_(logits, complement, value=-1)
         else:
             out = torch.addcmul(out, logits, complement, value=-1)
