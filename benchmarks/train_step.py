@@ -18,6 +18,9 @@ everywhere except Pyro's ``Trace_ELBO``, which samples it.
   ``pyro.optim.Adam``.
 - **floor**: the step's FLOPs (forward 2·B·Σ in·out over the Linear layers; backward twice that, less the
   input gradient of the first layer) divided by the rate of a large float32 GEMM measured in the same run.
+- **bare-compiled** (``--compile``): the bare fused-Adam loop with its loss (forward and, through AOTAutograd,
+  backward) compiled by ``torch.compile(fullgraph=True)``; compilation happens in the warm-up round. elbokit's
+  own step goes through torch.distributions objects, which ``torch._dynamo`` traces only with graph breaks.
 - **matmuls**: those matrix products alone, at the step's shapes, on preallocated operands, timed in the same
   rounds: small products run below the large GEMM's rate, so ``matmuls_floor_fraction`` is the most of the
   floor any implementation of the step reaches on the machine.
@@ -89,19 +92,24 @@ def _elbokit(vae: VAE, batch: int) -> Step:
     return run
 
 
-def _bare(vae: VAE, *, fused: bool) -> Step:
+def _bare(vae: VAE, *, fused: bool, compiled: bool = False) -> Step:
     encoder, decoder = vae.encoder.encoder, vae.decoder  # the plain nn.Sequential networks
     d = vae.latent_dim
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=True) if fused else torch.optim.Adam(params, lr=1e-3)
 
-    def run(x: Tensor) -> None:
+    def loss_of(x: Tensor, eps: Tensor) -> Tensor:
         out = encoder(x)
         loc, scale = out[:, :d], F.softplus(out[:, d:]) + 1e-5
-        z = loc + scale * torch.randn_like(loc)
+        z = loc + scale * eps
         log_px_given_z = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
         kl = 0.5 * (scale.square() + loc.square() - 1).sum(-1) - scale.log().sum(-1)
-        loss = -(log_px_given_z - kl).mean()
+        return -(log_px_given_z - kl).mean()
+
+    loss_fn = torch.compile(loss_of, fullgraph=True) if compiled else loss_of
+
+    def run(x: Tensor) -> None:
+        loss = loss_fn(x, torch.randn(x.shape[0], d))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -189,7 +197,9 @@ def _batches(data: Tensor, batch: int, count: int, generator: torch.Generator) -
     return [torch.bernoulli(data[i], generator=generator) for i in index]
 
 
-def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: int, seed: int) -> dict[str, Any]:
+def bench_config(
+    arch: str, batch: int, data: Tensor, *, steps: int, repeats: int, seed: int, compiled: bool = False
+) -> dict[str, Any]:
     hidden, latent = ARCHITECTURES[arch]
     torch.manual_seed(seed)
     base = VAE.mlp(784, latent, hidden=hidden, likelihood="bernoulli").float()
@@ -199,6 +209,8 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
         "bare_fused": _bare(copy.deepcopy(base), fused=True),
         "matmuls": _matmuls(base, batch),
     }
+    if compiled:
+        methods["bare_compiled"] = _bare(copy.deepcopy(base), fused=True, compiled=True)
     if pyro is not None:
         pyro.clear_param_store()
         methods["pyro_trace"] = _pyro(copy.deepcopy(base), meanfield=False)
@@ -230,7 +242,7 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
     result: dict[str, Any] = {"arch": arch, "batch": batch}
-    for name in ("elbokit", "bare", "bare_fused", "matmuls", "pyro_trace", "pyro_meanfield"):
+    for name in ("elbokit", "bare", "bare_fused", "bare_compiled", "matmuls", "pyro_trace", "pyro_meanfield"):
         result[f"{name}_ms"] = statistics.median(times[name]) if name in times else None
     result.update({
         "gemm_gflops": rate, "model_gflop_per_step": flop / 1e9, "floor_ms": floor_ms,
@@ -243,6 +255,7 @@ def bench_config(arch: str, batch: int, data: Tensor, *, steps: int, repeats: in
         # the step's matmuls alone against the floor: what the best step could reach at these shapes
         "matmuls_floor_fraction": floor_ms / result["matmuls_ms"],
         "elbokit_over_matmuls": ratio("elbokit", "matmuls"),
+        "bare_compiled_over_bare_fused": ratio("bare_compiled", "bare_fused"),
     })  # fmt: skip
     return result
 
@@ -255,12 +268,14 @@ def main() -> None:
     parser.add_argument("--arch", choices=(*ARCHITECTURES, "all"), default="all")
     parser.add_argument("--batch", type=int, nargs="*", default=[20, 128])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="add bare-compiled: the bare fused-Adam loop's loss through torch.compile (inductor)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load("binarized-mnist").train
     archs = list(ARCHITECTURES) if args.arch == "all" else [args.arch]
-    rows = [bench_config(a, b, data, steps=args.steps, repeats=args.repeats, seed=args.seed)
+    rows = [bench_config(a, b, data, steps=args.steps, repeats=args.repeats, seed=args.seed, compiled=args.compile)
             for a in archs for b in args.batch]  # fmt: skip
     print(f"{'arch':<16}{'batch':>6}{'elbokit':>9}{'bare':>8}{'b-fu':>8}{'trace':>8}{'meanf':>8}{'floor':>8}"
           f"{'ek/bare':>9}{'ek/b-fu':>9}{'ek/mf':>7}{'mf/bare':>8}{'ek%fl':>7}{'mm%fl':>7}")  # fmt: skip
@@ -275,6 +290,10 @@ def main() -> None:
               + cell(r["elbokit_over_pyro_meanfield"], 7) + cell(r["pyro_meanfield_over_bare"], 8)
               + cell(100 * r["elbokit_floor_fraction"], 7, 0)
               + cell(100 * r["matmuls_floor_fraction"], 7, 0))  # fmt: skip
+    for r in rows:
+        if r["bare_compiled_ms"] is not None:
+            print(f"{r['arch']:<16}{r['batch']:>6}  bare-compiled {r['bare_compiled_ms']:.2f} ms, "
+                  f"{r['bare_compiled_over_bare_fused']:.2f} x bare-fused")  # fmt: skip
     if args.json:
         print(json.dumps({
             "configs": rows, "threads": args.threads, "steps": args.steps, "repeats": args.repeats,
