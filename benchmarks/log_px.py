@@ -34,7 +34,10 @@ first ``--limit`` binarized test images, under ``torch.inference_mode()``:
    Its returned weights are summed over the data plate, so the per-point weights are read from the returned
    traces (the sites' ``log_prob``, (s, B) each): log p(x|z) + log p(z) - log q(z|x), then log-mean-exp over
    the k samples and the delta-method standard error. Pyro's validation stays as it is by default (on).
-4. **FLOP floor**: 2 in out FLOPs per ``nn.Linear`` per row, the encoder once per point and the decoder k times
+4. **The decoder's own work**, timed in the same repetitions at elbokit's batch and chunk sizes on preallocated
+   random inputs: ``matmuls`` (the decoder's ``addmm`` calls alone) and ``decoder`` (the decoder module: matmuls,
+   biases and tanh). No method can take less than ``decoder``; their floor fractions bound the target.
+5. **FLOP floor**: 2 in out FLOPs per ``nn.Linear`` per row, the encoder once per point and the decoder k times
    per point (``model_gflop``), divided by the float32 GEMM rate measured in the same run (``gemm_gflops``:
    median of timed ``torch.mm`` of 2048 x 2048 matrices after a warm-up, measured in every repetition).
    ``floor_s`` ignores everything but the matrix products (tanh, the likelihood, sampling, reductions).
@@ -92,6 +95,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import elbokit as ek
+from elbokit.estimators._weights import default_chunk
 from elbokit.models import VAE
 from elbokit.runs import open_run
 
@@ -315,6 +319,26 @@ def gemm_seconds(a: Tensor, b: Tensor, *, repeats: int) -> list[float]:
     return times
 
 
+def decoder_seconds(model: VAE, *, n: int, k: int, batch: int, chunk: int, matmuls_only: bool) -> float:
+    """Seconds of the job's decoder work alone, in elbokit's batches and chunks, on preallocated random inputs:
+    the decoder's matrix products alone (``matmuls_only``: ``addmm`` at each Linear's shapes), or the decoder
+    module itself (matmuls, biases and tanh). What any implementation of the estimate must spend."""
+    batch = min(batch, n)
+    rows = batch * chunk
+    calls = math.ceil(n / batch) * math.ceil(k / chunk)
+    linears = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    inputs = [torch.randn(rows, m.in_features) for m in linears]
+    z = torch.randn(rows, model.latent_dim)
+    started = time.perf_counter()
+    for _ in range(calls):
+        if matmuls_only:
+            for h, m in zip(inputs, linears, strict=True):
+                torch.addmm(m.bias, h, m.weight.t())
+        else:
+            model.decoder(z)
+    return time.perf_counter() - started
+
+
 # ---- the run -------------------------------------------------------------------------------------------------
 
 
@@ -391,6 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
     results: dict[str, list[Points]] = {m: [] for m in methods}
     gemm_times: list[float] = []
+    kernel_times: dict[str, list[float]] = {"matmuls": [], "decoder": []}
+    kernel_chunk = chunk if chunk is not None else default_chunk(k, x_all[: args.elbokit_batch])
     order = random.Random(args.seed)
     with torch.inference_mode():
         gemm_seconds(a, b, repeats=3)  # warm-up
@@ -407,9 +433,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert pyro_vae is not None
                 pyro_points(pyro_vae, x_all[:2], k=with_k, batch=args.pyro_batch, samples=args.pyro_samples)
         for repetition in range(args.repeats):
-            for item in order.sample([*methods, "gemm"], len(methods) + 1):  # a fresh random order each time
+            items = [*methods, "gemm", "matmuls", "decoder"]
+            for item in order.sample(items, len(items)):  # a fresh random order each time
                 if item == "gemm":
                     gemm_times += gemm_seconds(a, b, repeats=5)
+                    continue
+                if item in ("matmuls", "decoder"):
+                    kernel_times[item].append(decoder_seconds(
+                        model, n=n, k=k, batch=args.elbokit_batch, chunk=kernel_chunk, matmuls_only=item == "matmuls"
+                    ))  # fmt: skip
                     continue
                 torch.manual_seed(seed_of(item, repetition))
                 started = time.perf_counter()
@@ -427,6 +459,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out[f"{m}_s"] = seconds.get(m)
     out |= {"floor_s": floor_s, "gemm_gflops": gemm_gflops, "model_gflop": flops / 1e9}
     out["elbokit_floor_fraction"] = floor_s / seconds["elbokit"] if "elbokit" in seconds else None
+    # The decoder's work alone at elbokit's shapes: its matmuls, then the module with its tanh. Their floor
+    # fractions bound what any implementation of the estimate reaches on this machine.
+    for name in ("matmuls", "decoder"):
+        out[f"{name}_s"] = statistics.median(kernel_times[name])
+        out[f"{name}_floor_fraction"] = floor_s / out[f"{name}_s"]
+    out["kernel_chunk"] = kernel_chunk
     for m in ("pythae", "pyro"):
         out[f"speedup_vs_{m}"] = seconds[m] / seconds["elbokit"] if m in seconds and "elbokit" in seconds else None
     estimates: dict[str, tuple[Tensor, float]] = {}
@@ -488,6 +526,8 @@ def print_table(out: dict[str, Any]) -> None:
           f"interleaved repetitions; GEMM {out['gemm_gflops']:.1f} GFLOP/s, job {out['model_gflop']:.1f} GFLOP")
     print(f"{'method':<9} {'seconds':>9} {'x floor':>8} {'log p(x)':>10} {'± se':>7}")
     print(f"{'floor':<9} {out['floor_s']:>9.2f} {1.0:>8.2f}")
+    for name in ("matmuls", "decoder"):  # the decoder's own work: no method can take less
+        print(f"{name:<9} {out[f'{name}_s']:>9.2f} {out[f'{name}_s'] / out['floor_s']:>8.2f}")
     for m in METHODS:
         if out[f"{m}_s"] is None:
             continue
