@@ -62,7 +62,7 @@ from elbokit.runs import build_model, new_model, open_run
 from elbokit.train.schedules import BURDA_EPOCHS, lr_factor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vae_vs_pyro import PyroVae, epoch_data, evaluate_points, same_weights
+from _common import epoch_data, evaluate_points, same_weights
 
 #: name -> (objective, k, Table 1's negative test log-likelihood in nats or None where not quoted here)
 MODELS: dict[str, tuple[str, int, float | None]] = {
@@ -139,6 +139,7 @@ def train_pyro(config: RunConfig, *, threads: int) -> tuple[torch.nn.Module, dic
     import pyro
     from pyro.infer import SVI, TraceMeanField_ELBO
     from pyro.optim import PyroOptim
+    from vae_vs_pyro import PyroVae
 
     torch.set_num_threads(threads)
     data = load("binarized-mnist", seed=config.seed)

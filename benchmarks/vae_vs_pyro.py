@@ -35,8 +35,10 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +50,10 @@ from elbokit.config import RunConfig
 from elbokit.data import load
 from elbokit.models import VAE
 from elbokit.runs import build_model
-from elbokit.train.loop import epoch_generator, fit
+from elbokit.train.loop import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PointEstimates, epoch_data, evaluate_points, same_weights
 
 try:
     import pyro
@@ -64,15 +69,6 @@ PYRO_LOSS = "TraceMeanField_ELBO (analytic KL)"
 #: Differences below this (nats) are float32 rounding: the check passes on them even when the paired standard
 #: error is smaller still (identical trainings).
 ROUNDING = 1e-4
-
-
-@dataclass(frozen=True)
-class PointEstimates:
-    """Per-test-point numbers of one trained model, nats: each (n,)."""
-
-    elbo: Tensor
-    log_px: Tensor
-    log_px_stderr: Tensor  # Monte-Carlo standard error of each point's log p(x) estimate
 
 
 @dataclass(frozen=True)
@@ -98,12 +94,6 @@ class Side:
             "seconds_per_epoch_min": min(self.epoch_seconds),  # the least disturbed epoch on a shared machine
             "train_elbo_last_epoch": self.train_elbo,
         }
-
-
-def epoch_data(train: Tensor, *, seed: int, epoch: int) -> tuple[Tensor, Tensor]:
-    """One epoch's dynamically binarized training set and data order: what ``fit`` draws for (seed, epoch)."""
-    order = torch.randperm(train.shape[0], generator=epoch_generator(seed, epoch, 0))
-    return torch.bernoulli(train, generator=epoch_generator(seed, epoch, 1)), order
 
 
 class PyroVae:
@@ -141,26 +131,6 @@ class PyroVae:
             out = self.encoder(x)  # (B, 2d): means, then raw scales
             loc, raw = out[..., : self.latent_dim], out[..., self.latent_dim :]
             pyro.sample("z", dist.Normal(loc, F.softplus(raw) + self.min_scale).to_event(1))
-
-
-@torch.inference_mode()
-def evaluate_points(model: VAE, x_all: Tensor, *, k: int, seed: int, batch_size: int = 100) -> PointEstimates:
-    """ELBO (analytic KL) and log p(x) (k importance samples) of each point: ``elbokit.runs.evaluate``'s sums,
-    kept per point for a paired comparison."""
-    elbos, values, errors = [], [], []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in range(0, x_all.shape[0], batch_size):
-            x = x_all[start : start + batch_size]
-            elbos.append(ek.elbo(model, model.encoder, x).value)
-            estimate = ek.log_marginal(model, model.encoder, x, k=k)
-            values.append(estimate.value)
-            errors.append(estimate.stderr)
-    return PointEstimates(torch.cat(elbos), torch.cat(values), torch.cat(errors))
-
-
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def check_registered(pyro_vae: PyroVae) -> None:

@@ -1,0 +1,48 @@
+"""Pieces the training benchmarks share, with no peer library imported: an epoch's data as ``elbokit.fit`` draws
+it, and per-point test numbers of a trained VAE computed as ``elbokit.runs.evaluate`` computes their means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+import elbokit as ek
+from elbokit.models import VAE
+from elbokit.train.loop import epoch_generator
+
+
+@dataclass(frozen=True)
+class PointEstimates:
+    """Per-test-point numbers of one trained model, nats: each (n,)."""
+
+    elbo: Tensor
+    log_px: Tensor
+    log_px_stderr: Tensor  # Monte-Carlo standard error of each point's log p(x) estimate
+
+
+def epoch_data(train: Tensor, *, seed: int, epoch: int) -> tuple[Tensor, Tensor]:
+    """One epoch's dynamically binarized training set and data order: what ``fit`` draws for (seed, epoch)."""
+    order = torch.randperm(train.shape[0], generator=epoch_generator(seed, epoch, 0))
+    return torch.bernoulli(train, generator=epoch_generator(seed, epoch, 1)), order
+
+
+@torch.inference_mode()
+def evaluate_points(model: VAE, x_all: Tensor, *, k: int, seed: int, batch_size: int = 100) -> PointEstimates:
+    """ELBO (analytic KL) and log p(x) (k importance samples) of each point: ``elbokit.runs.evaluate``'s sums,
+    kept per point for a paired comparison."""
+    elbos, values, errors = [], [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, x_all.shape[0], batch_size):
+            x = x_all[start : start + batch_size]
+            elbos.append(ek.elbo(model, model.encoder, x).value)
+            estimate = ek.log_marginal(model, model.encoder, x, k=k)
+            values.append(estimate.value)
+            errors.append(estimate.stderr)
+    return PointEstimates(torch.cat(elbos), torch.cat(values), torch.cat(errors))
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
