@@ -35,7 +35,7 @@ and logvar zeros, ``Adam(lr=.001)``, P = 50 draws per step, ``if epoch % 100 == 
 losses against the best, stop when ``consecutive_worse > 10``, then 5000 draws for the final ELBO; and
 ``lxuechen/inference-suboptimality`` (commit fa7d1b1), ``local_ffg.py`` (``optimize_local_gaussian``): the same
 rule with ``k=100``, ``check_every=100``, ``sentinel_thres=10``, ``lr=1e-3``, but on batches of 100 points with
-one (mean, logvar) per point AND draw, (B k, d), stopping on the batch's mean. We follow the issue's 100 draws
+one (mean, logvar) per point AND draw, (B k, d), stopping on the batch's mean. We follow the target's 100 draws
 per step (lxuechen's k; Cremer's P is 50) and a per-point rule.
 
 Every q* is scored by the same precise estimator, ``elbokit.diagnostics.gaps.elbo_with_stderr`` (closed-form KL,
@@ -47,9 +47,9 @@ error of their mean. Seconds are the optimisation only (no scoring), after a sho
 (the same seed, so the same q*) and ``elbokit_s`` is the median; the other settings and Cremer's procedures run
 once (Cremer's seconds per point are still a mean over ``--per-point-limit`` points, the median beside it).
 
-Target (from the project's issue; this script only measures): elbokit reaches the same L[q*] as the per-point
+Target (this script only measures): elbokit reaches the same L[q*] as the per-point
 procedure, within 0.05 nats per point (``diff_mean >= -0.05``), in at most 1/5 of its time
-(``time_ratio <= 0.2``). The issue also notes that batching points alone gives only 1.2-4x at 100 draws per step:
+(``time_ratio <= 0.2``). Batching points alone gives only 1.2-4x at 100 draws per step:
 the rest must come from fewer, better steps.
 
     python benchmarks/gaps.py --json                       # runs/demo (`make demo`), 1000 points, 20 per point
@@ -91,8 +91,8 @@ from elbokit.models import VAE
 from elbokit.runs import open_run
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which Cremer et al. used
-TARGET_NATS = 0.05  # the issue's tolerance on L[q*], nats per point
-TARGET_RATIO = 0.2  # the issue's time target: elbokit_s / cremer_s_extrapolated
+TARGET_NATS = 0.05  # the target's tolerance on L[q*], nats per point
+TARGET_RATIO = 0.2  # the time target: elbokit_s / cremer_s_extrapolated
 
 
 @dataclass(frozen=True)

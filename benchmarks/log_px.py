@@ -60,7 +60,7 @@ delta-method one, which then makes ``agree`` strict. Prints a table, then one JS
     python benchmarks/log_px.py --json
     python benchmarks/log_px.py --limit 100 --repeats 2 --skip pyro pythae   # quick
 
-Targets (from the project's issue; this script only measures): elbokit reaches at least 75 % of the FLOP floor's
+Targets (this script only measures): elbokit reaches at least 75 % of the FLOP floor's
 rate (``elbokit_floor_fraction`` >= 0.75) and is at least 2.5 x faster than the per-point loop
 (``speedup_vs_pythae`` >= 2.5). Reference points on this machine class (CPU, 2 cores): a simple vectorised log
 p(x) reaches about 52 % of the floor and is about 1.9 x faster than the per-point loop that re-encodes every

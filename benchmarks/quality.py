@@ -32,7 +32,7 @@ theirs; weights start from torch's default initialisation.
 
 Prints a table, then one JSON object as the last line with ``--json``.
 
-Target (the project's issue 6): at one tenth of the schedule, within 1.5 nats of Table 1; at the full schedule,
+Target: at one tenth of the schedule, within 1.5 nats of Table 1; at the full schedule,
 at or below it.
 
 References:

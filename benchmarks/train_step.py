@@ -33,7 +33,7 @@ JSON object last with ``--json``.
 
     python benchmarks/train_step.py --json
 
-Targets (the project's issue 6): elbokit <= 1.0 x the bare loop at both batch sizes (so <= 0.5 x Pyro
+Targets: elbokit <= 1.0 x the bare loop at both batch sizes (so <= 0.5 x Pyro
 ``TraceMeanField_ELBO`` at batch 20 and <= 0.7 x at batch 128), and at batch 128 at least 50 % of the FLOP
 floor's rate.
 
