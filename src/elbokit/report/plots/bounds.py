@@ -1,13 +1,5 @@
-r"""Figures of a run and of its diagnostics, as ``matplotlib.figure.Figure`` objects.
-
-Each function here takes one of the library's typed results (a :class:`~elbokit.train.FitResult`, a
-:class:`~elbokit.models.VAE`, :class:`~elbokit.diagnostics.Collapse`, :class:`~elbokit.diagnostics.GapSummary`,
-IWAE curve points, rate-distortion points, :class:`~elbokit.diagnostics.ModeSeekingResult`) and returns a new
-Figure, built without pyplot: no backend is selected, no global figure registry is touched, and nothing is
-shown or saved (``fig.savefig(buffer, format="png")`` renders one, as the HTML report does). Values are in nats
-per data point. This is the only module of elbokit that imports matplotlib, so the rest of the library, the
-training loop and the diagnostics included, runs without it.
-"""
+"""Figures of training and of the bound's diagnostics: training curves, KL per dimension, the gap waterfall,
+the IWAE curve, the rate-distortion plane and mode seeking."""
 
 from __future__ import annotations
 
@@ -16,97 +8,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from matplotlib import colormaps
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from numpy.typing import NDArray
-from torch import Tensor
 
 from elbokit.diagnostics.collapse import Collapse
 from elbokit.diagnostics.evidence import CurvePoint
 from elbokit.diagnostics.gaps import Gaps, GapSummary
 from elbokit.diagnostics.mode_seeking import ModeSeekingResult
 from elbokit.diagnostics.rate_distortion import RatePoint, SweepPoint, elbo_line
-from elbokit.models.vae import VAE
-from elbokit.report.images import image_grid
+from elbokit.report.plots._base import (
+    ACTIVE,
+    INACTIVE,
+    NATS,
+    _figure,
+    _markers,
+    _numpy,
+)
 from elbokit.train.loop import FitResult
-
-__all__ = [
-    "gap_waterfall",
-    "iwae_curve",
-    "kl_per_dim",
-    "latent_manifold",
-    "latent_scatter",
-    "latent_traversals",
-    "mode_seeking",
-    "rate_distortion",
-    "reconstructions",
-    "sample_grid",
-    "training_curves",
-]
-
-TRAVERSAL_VALUES = (-3.0, -2.25, -1.5, -0.75, 0.0, 0.75, 1.5, 2.25, 3.0)
-NATS = "nats per data point"
-ACTIVE, INACTIVE = "C0", "0.65"  # bar colours of kl_per_dim
-
-
-# -- helpers ---------------------------------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _numpy(t: Tensor) -> NDArray[np.float64]:
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
-def _markers(n: int) -> str:
-    """Markers on short series, so that a run of one or a few epochs still shows its points."""
-    return "o" if n <= 30 else ""
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_dims(dims: Sequence[int], latent_dim: int, *, count: int | None = None) -> list[int]:
-    dims = list(dims)
-    if count is not None and len(dims) != count:
-        raise ValueError(f"dims must name {count} latent dimensions, got {tuple(dims)}")
-    if not dims:
-        raise ValueError("dims must name at least one latent dimension, got none")
-    for j in dims:
-        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < latent_dim:
-            raise ValueError(f"dims must be integers in [0, {latent_dim}) for a {latent_dim}-d latent, got {j!r}")
-    if len(set(dims)) != len(dims):
-        raise ValueError(f"dims must be distinct, got {tuple(dims)}")
-    return dims
-
-
-def _grid_height(grid: Tensor, width: float, extra: float) -> float:
-    """The figure height that shows ``grid`` at ``width`` inches without stretching, plus ``extra``."""
-    return min(9.0, max(1.5, width * grid.shape[0] / grid.shape[1] + extra))
-
-
-def _show_grid(ax: Axes, grid: Tensor) -> None:
-    ax.imshow(_numpy(grid), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-
-
-def _cell_centres(count: int, size: int, padding: int) -> list[float]:
-    """Pixel coordinates of the centres of ``count`` cells of ``size`` pixels in an image_grid row or column."""
-    return [padding + i * (size + padding) + (size - 1) / 2 for i in range(count)]
-
-
-def _latent_reference(model: VAE) -> Tensor:
-    """The prior's mean, (d,): zeros on the model's device and in its dtype."""
-    mean: Tensor = model.prior().mean
-    return mean
-
 
 # -- training --------------------------------------------------------------------------------------------------
 
@@ -171,211 +90,7 @@ def training_curves(history: FitResult | Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
-# -- images ----------------------------------------------------------------------------------------------------
-
-
-def sample_grid(
-    images: Tensor, image_shape: tuple[int, int], *, columns: int = 8, title: str = "Samples from p(z)"
-) -> Figure:
-    """A grid of images (N, H*W) in [0, 1], e.g. E[x|z] for z ~ p(z), in grey, ``columns`` to a row.
-
-    Look for variety (one repeated blur says the decoder ignores z) and for sharpness.
-    """
-    columns = _check_int("columns", columns, 1)
-    grid = image_grid(images.detach().cpu(), image_shape=image_shape, columns=columns)
-    fig = _figure(6.0, _grid_height(grid, 6.0, 0.5))
-    ax = fig.add_subplot()
-    _show_grid(ax, grid)
-    ax.set_title(title)
-    ax.set_axis_off()
-    return fig
-
-
-def reconstructions(
-    originals: Tensor, reconstructed: Tensor, image_shape: tuple[int, int], *, columns: int = 8
-) -> Figure:
-    """Data (upper panel) and their reconstructions (lower panel), image i in the same cell of both.
-
-    Look for reconstructions that keep each image's identity (its digit, its stroke) rather than drifting to a
-    class average, which is what a low-rate model does.
-
-    Raises:
-        ValueError: if the two tensors differ in shape.
-    """
-    if originals.shape != reconstructed.shape:
-        raise ValueError(
-            f"originals and reconstructed must have the same shape, got {tuple(originals.shape)} "
-            f"and {tuple(reconstructed.shape)}"
-        )
-    columns = _check_int("columns", columns, 1)
-    grids = [image_grid(t.detach().cpu(), image_shape=image_shape, columns=columns) for t in (originals, reconstructed)]
-    fig = _figure(6.0, min(9.0, 2 * _grid_height(grids[0], 6.0, 0.4) + 0.4))
-    fig.suptitle("Data and reconstructions E[x | z = E_q z]")
-    for i, (grid, name) in enumerate(zip(grids, ("data", "reconstruction"), strict=True)):
-        ax = fig.add_subplot(2, 1, i + 1)
-        _show_grid(ax, grid)
-        ax.set_title(name)
-        ax.set_axis_off()
-    return fig
-
-
-def latent_traversals(
-    model: VAE,
-    image_shape: tuple[int, int],
-    *,
-    dims: Sequence[int] | None = None,
-    values: Sequence[float] = TRAVERSAL_VALUES,
-) -> Figure:
-    """E[x|z] as one latent z_j moves through ``values`` with every other latent at 0: one row per z_j.
-
-    Look for rows that change smoothly and in one interpretable way (a disentangled dimension) and for rows
-    that do not change at all: those dimensions are inactive (compare :func:`kl_per_dim`).
-
-    Args:
-        model: the VAE.
-        image_shape: (H, W) with H W = D.
-        dims: the latent dimensions, one row each (default: the first min(8, d)).
-        values: the values each takes, one column each (default -3 to 3 in steps of 0.75).
-    """
-    d = model.latent_dim
-    rows = _check_dims(list(range(min(8, d))) if dims is None else dims, d)
-    columns = [float(v) for v in values]
-    if not columns or not all(math.isfinite(v) for v in columns):
-        raise ValueError(f"values must be at least one finite number, got {tuple(values)}")
-    with torch.inference_mode():
-        reference = _latent_reference(model)
-        z = reference.new_zeros(len(rows), len(columns), d)  # (R, C, d)
-        for r, j in enumerate(rows):
-            z[r, :, j] = torch.tensor(columns, dtype=z.dtype, device=z.device)
-        decoded = model.decode(z.reshape(-1, d)).cpu()  # (R C, D)
-    padding = 1
-    grid = image_grid(decoded, image_shape=image_shape, columns=len(columns), padding=padding)
-    height, width = image_shape
-    fig = _figure(6.5, _grid_height(grid, 6.0, 1.0))
-    ax = fig.add_subplot()
-    _show_grid(ax, grid)
-    ax.set_xticks(_cell_centres(len(columns), width, padding), [f"{v:g}" for v in columns])
-    ax.set_yticks(_cell_centres(len(rows), height, padding), [f"$z_{{{j}}}$" for j in rows])
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set(
-        title="Latent traversals: E[x|z], one latent varied, the others 0",
-        xlabel="value of $z_j$ (prior standard deviations)",
-        ylabel="latent dimension",
-    )
-    return fig
-
-
-def latent_manifold(model: VAE, image_shape: tuple[int, int], *, dims: tuple[int, int] = (0, 1), n: int = 15) -> Figure:
-    r"""E[x|z] on an n x n grid of two latents at the prior's quantiles, the others 0 (Kingma & Welling 2014).
-
-    .. math::
-        z_{i}, z_{j} \in \{\Phi^{-1}(u) : u = 0.05, \dots, 0.95\}
-
-    Equal steps in u are equal steps of prior mass, so each cell covers as much of p(z) as any other. Look for
-    a smooth morphing between plausible images with no blank or garbled region (a hole the decoder never saw).
-
-    References:
-        Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014 (fig. 4).
-    """
-    d = model.latent_dim
-    if d < 2:
-        raise ValueError(f"a manifold needs a latent of dimension >= 2, got d = {d}")
-    i, j = _check_dims(dims, d, count=2)
-    n = _check_int("n", n, 2)
-    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64))  # (n,)
-    with torch.inference_mode():
-        reference = _latent_reference(model)
-        q = quantiles.to(reference.device, reference.dtype)
-        z = reference.new_zeros(n, n, d)  # (rows, columns, d): z_j falls down the rows, z_i rises along them
-        z[:, :, i] = q.unsqueeze(0)
-        z[:, :, j] = q.flip(0).unsqueeze(1)
-        decoded = model.decode(z.reshape(-1, d)).cpu()  # (n n, D)
-    grid = image_grid(decoded, image_shape=image_shape, columns=n, padding=0)
-    height, width = image_shape
-    fig = _figure(6.0, 6.3)
-    ax = fig.add_subplot()
-    _show_grid(ax, grid)
-    shown = sorted({*range(0, n, max(1, n // 5)), n - 1})
-    ax.set_xticks([_cell_centres(n, width, 0)[k] for k in shown], [f"{float(quantiles[k]):.2f}" for k in shown])
-    ax.set_yticks(
-        [_cell_centres(n, height, 0)[k] for k in shown], [f"{float(quantiles[n - 1 - k]):.2f}" for k in shown]
-    )
-    ax.set(
-        title="Latent manifold: E[x|z] over the prior's 5%–95% quantiles",
-        xlabel=f"$z_{{{i}}}$ (prior standard deviations)",
-        ylabel=f"$z_{{{j}}}$ (prior standard deviations)",
-    )
-    return fig
-
-
-# -- latent space ----------------------------------------------------------------------------------------------
-
-
-def latent_scatter(model: VAE, x: Tensor, labels: Tensor | None = None, *, dims: tuple[int, int] = (0, 1)) -> Figure:
-    """The encoder's means E_q[z|x] of the points of x on two latent dimensions, coloured by label.
-
-    Look for the points filling the region of the prior N(0, I) (the circles mark 1 and 2 standard deviations)
-    and for classes that separate; a dimension whose means all sit at 0 is collapsed.
-
-    Args:
-        model: the VAE.
-        x: (N, D) data.
-        labels: (N,) class labels (a legend when there are at most 20 integer classes, else a colour bar), or
-            None for one colour.
-        dims: the two latent dimensions on the x and y axes.
-
-    Raises:
-        ValueError: for a latent of dimension < 2, dims out of range, or labels that do not match x.
-    """
-    d = model.latent_dim
-    if d < 2:
-        raise ValueError(f"a scatter of two latent dimensions needs d >= 2, got d = {d}")
-    i, j = _check_dims(dims, d, count=2)
-    if x.dim() != 2 or x.shape[0] < 1:
-        raise ValueError(f"x must have shape (N, D) with N >= 1, got {tuple(x.shape)}")
-    if labels is not None and (labels.dim() != 1 or labels.shape[0] != x.shape[0]):
-        raise ValueError(f"labels must have shape ({x.shape[0]},) to match x, got {tuple(labels.shape)}")
-    with torch.inference_mode():
-        reference = _latent_reference(model)
-        mean = model.encoder(x.to(reference.device, reference.dtype)).mean  # (N, d)
-        points = _numpy(mean[:, [i, j]])  # (N, 2)
-    fig = _figure(6.0, 5.0)
-    ax = fig.add_subplot()
-    theta = np.linspace(0.0, 2 * math.pi, 200)
-    for radius in (1.0, 2.0):
-        ax.plot(
-            radius * np.cos(theta),
-            radius * np.sin(theta),
-            ":",
-            color="0.5",
-            linewidth=1,
-            label="prior N(0, I): 1 and 2 sd" if radius == 1.0 else "_nolegend_",
-        )
-    size = 12 if len(points) <= 2000 else 4
-    if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.7, color="C0", label="E_q[z|x]")
-        ax.legend(fontsize="small")
-    else:
-        values = labels.detach().cpu()
-        classes = values.unique()
-        if not values.is_floating_point() and len(classes) <= 20:
-            cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-            for c, label in enumerate(classes.tolist()):
-                chosen = (values == label).numpy()
-                ax.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.7, color=cmap(c), label=str(label))
-            ax.legend(title="label", fontsize="small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        else:
-            scatter = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.7, c=_numpy(values), cmap="viridis")
-            fig.colorbar(scatter, ax=ax, label="label")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.set(
-        title=f"Encoder means of {len(points)} points",
-        xlabel=rf"$E_q[z_{{{i}}} \mid x]$ (prior standard deviations)",
-        ylabel=rf"$E_q[z_{{{j}}} \mid x]$ (prior standard deviations)",
-    )
-    return fig
+# -- posterior collapse ---------------------------------------------------------------------------------------
 
 
 def kl_per_dim(collapse: Collapse) -> Figure:

@@ -1,0 +1,44 @@
+r"""Figures of a run and of its diagnostics, as ``matplotlib.figure.Figure`` objects.
+
+Each function here takes one of the library's typed results (a :class:`~elbokit.train.FitResult`, a
+:class:`~elbokit.models.VAE`, :class:`~elbokit.diagnostics.Collapse`, :class:`~elbokit.diagnostics.GapSummary`,
+IWAE curve points, rate-distortion points, :class:`~elbokit.diagnostics.ModeSeekingResult`) and returns a new
+Figure, built without pyplot: no backend is selected, no global figure registry is touched, and nothing is
+shown or saved (``fig.savefig(buffer, format="png")`` renders one, as the HTML report does). Values are in nats
+per data point. This package (``plots.latent``: images and the latent space; ``plots.bounds``: training and the
+bound's diagnostics) is the only part of elbokit that imports matplotlib, so the rest of the library, the
+training loop and the diagnostics included, runs without it.
+"""
+
+from __future__ import annotations
+
+from elbokit.report.plots.bounds import (
+    gap_waterfall,
+    iwae_curve,
+    kl_per_dim,
+    mode_seeking,
+    rate_distortion,
+    training_curves,
+)
+from elbokit.report.plots.latent import (
+    latent_manifold,
+    latent_scatter,
+    latent_traversals,
+    reconstructions,
+    sample_grid,
+)
+
+__all__ = [
+    "gap_waterfall",
+    "iwae_curve",
+    "kl_per_dim",
+    "latent_manifold",
+    "latent_scatter",
+    "latent_traversals",
+    "mode_seeking",
+    "rate_distortion",
+    "reconstructions",
+    "sample_grid",
+    "training_curves",
+]
+
