@@ -5,8 +5,8 @@ Each function here takes one of the library's typed results (a :class:`~elbokit.
 IWAE curve points, rate-distortion points, :class:`~elbokit.diagnostics.ModeSeekingResult`) and returns a new
 Figure, built without pyplot: no backend is selected, no global figure registry is touched, and nothing is
 shown or saved (``fig.savefig(buffer, format="png")`` renders one, as the HTML report does). Values are in nats
-per data point. This package (``plots.latent``: images and the latent space; ``plots.bounds``: training and the
-bound's diagnostics) is the only part of elbokit that imports matplotlib, so the rest of the library, the
+per data point. This package (``plots.training``; ``plots.latent``: images and the latent space; ``plots.bounds``:
+the bound's diagnostics) is the only part of elbokit that imports matplotlib, so the rest of the library, the
 training loop and the diagnostics included, runs without it.
 """
 
@@ -18,7 +18,6 @@ from elbokit.report.plots.bounds import (
     kl_per_dim,
     mode_seeking,
     rate_distortion,
-    training_curves,
 )
 from elbokit.report.plots.latent import (
     latent_manifold,
@@ -27,6 +26,7 @@ from elbokit.report.plots.latent import (
     reconstructions,
     sample_grid,
 )
+from elbokit.report.plots.training import training_curves
 
 __all__ = [
     "gap_waterfall",
