@@ -27,7 +27,7 @@ install: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet --no-warn-conflicts -e .
 
 install-dev: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet --no-warn-conflicts -e '.[dev]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows]'
 
 # The main job: the standard VAE (784-200-200-50, tanh, Bernoulli) on binarized MNIST, then log p(x) on
 # 1,000 test images with k = 1000 importance samples, then the diagnostics and the report. Leaves runs/demo
@@ -53,10 +53,12 @@ BENCH_RESULTS := benchmarks/results
 QUALITY_FRACTION ?= 0.01
 QUALITY_MODELS ?= vae iwae5 pyro
 bench: install
-	$(PIP) install --quiet --no-warn-conflicts -e '.[bench]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[bench,flows]'
 	mkdir -p $(BENCH_RESULTS)
 	$(PY) benchmarks/train_step.py --json > $(BENCH_RESULTS)/train_step.log
 	tail -n 1 $(BENCH_RESULTS)/train_step.log > $(BENCH_RESULTS)/train_step.json
+	$(PY) benchmarks/flow_step.py --json > $(BENCH_RESULTS)/flow_step.log
+	tail -n 1 $(BENCH_RESULTS)/flow_step.log > $(BENCH_RESULTS)/flow_step.json
 	$(PY) benchmarks/log_px.py --json > $(BENCH_RESULTS)/log_px.log
 	tail -n 1 $(BENCH_RESULTS)/log_px.log > $(BENCH_RESULTS)/log_px.json
 	$(PY) benchmarks/gaps.py --json > $(BENCH_RESULTS)/gaps.log

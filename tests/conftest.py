@@ -34,6 +34,18 @@ def _seed_global_rng() -> Iterator[None]:
         yield
 
 
+_VALIDATE = torch.distributions.Distribution._validate_args  # torch's default, before any test module's imports
+
+
+@pytest.fixture(autouse=True)
+def _keep_distribution_checks() -> Iterator[None]:
+    """torch.distributions' argument checks on, as torch's default has them, in every test: importing zuko
+    directly (as the flow tests do at collection) switches them off for the whole process."""
+    torch.distributions.Distribution._validate_args = _VALIDATE
+    yield
+    torch.distributions.Distribution._validate_args = _VALIDATE
+
+
 def random_linear_gaussian(
     generator: torch.Generator,
     data_dim: int = 5,

@@ -41,6 +41,26 @@ def test_train_step_benchmark_prints_the_issue_keys_for_every_configuration() ->
         assert c["model_gflop_per_step"] == pytest.approx((3 * forward - 2 * 4 * 784 * sizes[0][1]) / 1e9)
 
 
+def test_flow_step_benchmark_prints_its_keys() -> None:
+    """One round of one step per method at a tiny batch: the flow guide against the Gaussian guide and against
+    the same flow written on zuko in a bare loop, every key positive, the thread count stated."""
+    pytest.importorskip("zuko")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "flow_step.py"), "--repeats", "1", "--steps", "1", "--batch", "4",
+         "--threads", "1", "--json"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    assert "1 torch thread(s)" in out.stdout
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["threads"] == 1 and [c["batch"] for c in result["configs"]] == [4]
+    (c,) = result["configs"]
+    assert (c["arch"], c["transforms"]) == ("784-200-200-50", 4)
+    for key in ("gaussian_ms", "flow_ms", "bare_flow_ms", "bare_flow_fused_ms", "flow_over_gaussian",
+                "flow_over_bare_flow_fused", "flow_over_bare_flow"):  # fmt: skip
+        assert c[key] > 0, key
+    assert c["flow_parameters"] > c["gaussian_parameters"]
+
+
 def test_quality_runs_the_configuration_it_describes(tmp_path: Path) -> None:
     """quality.py's `elbokit fit` command line, run for real (one epoch on 40 points), writes the config that
     quality.py describes: Burda et al.'s architecture, batch 20 and learning-rate schedule."""

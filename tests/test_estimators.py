@@ -415,7 +415,7 @@ def test_chunked_values_and_gradients_are_exact(make_model, monkeypatch, estimat
     numbers) and loss.backward() gives the same gradients on the guide's loc and raw_scale and on the
     model's weight to 1e-10. The chunked run must re-run the decoder in the backward pass (activation
     checkpointing): with k = 10 the likelihood is called 4 times forward and once more per chunk in backward."""
-    monkeypatch.setattr("elbokit.guides.Normal", RowwiseNormal)
+    monkeypatch.setattr("elbokit.guides._gaussian.Normal", RowwiseNormal)
     model = make_model(15)
     x = _data(model, 4)
     init_loc = model.posterior(x).loc.detach() + 0.3
@@ -451,7 +451,7 @@ def test_chunked_values_and_gradients_are_exact(make_model, monkeypatch, estimat
 def test_chunked_log_marginal_is_exact(make_model, monkeypatch) -> None:
     """log_marginal's running max-shifted sums give the same value, stderr and ESS (to 1e-12 relative) as
     one pass when chunked (chunk_size=3, k=20) over the same z (RowwiseNormal noise)."""
-    monkeypatch.setattr("elbokit.guides.Normal", RowwiseNormal)
+    monkeypatch.setattr("elbokit.guides._gaussian.Normal", RowwiseNormal)
     model = make_model(16)
     x = _data(model, 4)
     guide = ek.LocalGaussian(4, 2, init_loc=model.posterior(x).loc.detach() + 0.3, init_scale=0.8)

@@ -10,6 +10,7 @@ The whole public API::
     ek.log_marginal(model, guide, x, k=5000)                                   # -> Estimate
     ek.gradient_variance(model, guide, x, params=...)                          # -> {name: GradientStats}
     ek.AmortizedGaussian, ek.LocalGaussian                                     # guides
+    ek.AmortizedFlow, ek.LocalFlow                                             # flow guides (elbokit[flows])
     ek.VAE.mlp(784, 50, hidden=(200, 200), likelihood="bernoulli")             # a model whose encoder is a guide
     ek.fit(vae, vae.encoder, ek.data.load("binarized-mnist"), ek.RunConfig(epochs=10))  # -> FitResult
 """
@@ -18,7 +19,7 @@ from elbokit import data
 from elbokit import distributions as _distributions  # noqa: F401  (registers extra KL pairs)
 from elbokit.config import RunConfig
 from elbokit.estimators import elbo, gradient_variance, iwae, iwae_bound, log_marginal, log_weights
-from elbokit.guides import AmortizedGaussian, LocalGaussian
+from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian
 from elbokit.models import VAE, Guide, LatentModel, LinearGaussian
 from elbokit.train import FitResult, fit
 from elbokit.types import Bound, Estimate, GradientStats
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "AmortizedFlow",
     "AmortizedGaussian",
     "Bound",
     "Estimate",
@@ -35,6 +37,7 @@ __all__ = [
     "Guide",
     "LatentModel",
     "LinearGaussian",
+    "LocalFlow",
     "LocalGaussian",
     "RunConfig",
     "__version__",

@@ -9,7 +9,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,6 +20,35 @@ OBJECTIVES = ("elbo", "iwae")
 GRADIENTS = {"elbo": ("reparam", "score", "stl"), "iwae": ("reparam", "stl", "dreg")}
 ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "gelu")
 LR_SCHEDULES = ("constant", "burda")
+GUIDES = "gaussian, full or flow[:K]"
+DEFAULT_FLOW_TRANSFORMS = 4
+
+
+class GuideSpec(NamedTuple):
+    """A parsed ``guide`` setting: the guide's kind, its (base's) covariance and the flow's steps (0: none)."""
+
+    kind: Literal["gaussian", "flow"]
+    covariance: Literal["diagonal", "full"]
+    transforms: int
+
+
+def parse_guide(text: str) -> GuideSpec:
+    """``gaussian`` -> diagonal Gaussian, ``full`` -> full-covariance Gaussian, ``flow[:K]`` -> K IAF steps (K >= 1,
+    default 4) on a diagonal Gaussian; ValueError (one line) otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"guide must be {GUIDES}, got {text!r}")
+    if text == "gaussian":
+        return GuideSpec("gaussian", "diagonal", 0)
+    if text == "full":
+        return GuideSpec("gaussian", "full", 0)
+    name, colon, count = text.partition(":")
+    if name == "flow":
+        if not colon:
+            return GuideSpec("flow", "diagonal", DEFAULT_FLOW_TRANSFORMS)
+        if count.isdigit() and int(count) >= 1:
+            return GuideSpec("flow", "diagonal", int(count))
+        raise ValueError(f"guide flow:K needs an integer K >= 1 (flow steps), got {text!r}")
+    raise ValueError(f"guide must be {GUIDES}, got {text!r}")
 
 
 @dataclass
@@ -35,6 +64,9 @@ class RunConfig:
     activation: str = "tanh"  # between hidden layers: tanh, relu, softplus, elu or gelu
     # p(x|z): bernoulli, continuous-bernoulli, gaussian[:SCALE|learned|decoder], laplace[:SCALE|learned|decoder]
     likelihood: str = "bernoulli"
+    # q(z|x): "gaussian" (diagonal), "full" (full covariance) or "flow[:K]" (the diagonal Gaussian pushed through K
+    # inverse autoregressive steps conditioned on the encoder's last hidden layer, default K = 4; needs zuko)
+    guide: str = "gaussian"
     # -- objective --
     objective: str = "elbo"  # "elbo" (reconstruction - beta * KL, analytic KL) or "iwae" (IWAE_k bound)
     k: int = 1  # importance samples per point for "iwae"; Monte-Carlo samples per point for "elbo"
@@ -93,6 +125,9 @@ class RunConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.binarize not in (None, "dynamic", "fixed"):
             raise ValueError(f"binarize must be 'dynamic' or 'fixed', got {self.binarize!r}")
+        guide = parse_guide(self.guide)
+        if (guide.kind, guide.covariance) != ("gaussian", "diagonal") and self.anneal.startswith("freebits"):
+            raise ValueError(f"free bits needs the diagonal Gaussian guide (a KL per dimension), got {self.guide!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

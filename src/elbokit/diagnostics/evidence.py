@@ -12,6 +12,10 @@ with one HMC transition leaving f_{\beta_t} invariant per temperature. Its weigh
     \log w = \sum_{t=1}^{T} (\beta_t - \beta_{t-1}) \big[\log p(x, z_{t-1}) - \log f_0(z_{t-1})\big]
 
 is unbiased for p(x), so log-mean-exp over chains is a stochastic lower bound whose gap -> 0 as T grows.
+HMC runs in the unconstrained u, z = T(u) with T = biject_to(p(z).support), on the density
+f_\beta(T(u)) |det J_T(u)| (the identity, and skipped, where the support is R^d): a Beta or Gamma latent works
+as a Gaussian one does. The Jacobian cancels from each ratio f_{\beta_t} / f_{\beta_{t-1}}, so the weight is
+the one above. The latent must be continuous with event shape (d,).
 Run backwards from an exact posterior sample (which simulated data provide: the z that generated x), the
 same chain gives an unbiased estimate of 1/p(x), hence a stochastic upper bound (bidirectional Monte Carlo,
 Grosse, Ghahramani & Adams 2015). On simulated data the sandwich BDMC - AIS bounds the error of both; as
@@ -34,8 +38,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from elbokit.diagnostics._ais import GeometricPath, anneal, sample_start, sigmoid_schedule
+from elbokit.diagnostics._unconstrained import latent_transform
 from elbokit.estimators._pareto import pareto_khat
 from elbokit.estimators._weights import check_positive_int, guide_distribution, log_mean_exp, log_weights
 from elbokit.estimators.marginal import estimate_from_moments, weight_moments
@@ -58,12 +64,27 @@ def _check_x(x: Tensor) -> None:
         raise ValueError(f"x must be a torch.Tensor of shape (B, *event), got {getattr(x, 'shape', type(x))}")
 
 
+def _start(model: LatentModel, x: Tensor, prior: Distribution, proposal: Guide | Distribution | None) -> Distribution:
+    """f_0: the prior, the guide's q(z|x), or the given distribution with batch (B,) or () and p(z)'s event."""
+    if proposal is None:
+        return prior
+    if not isinstance(proposal, Distribution):
+        return guide_distribution(model, proposal, x, prior)
+    if proposal.batch_shape not in (x.shape[:1], torch.Size()) or proposal.event_shape != prior.event_shape:
+        raise ValueError(
+            f"a proposal distribution must have batch shape {tuple(x.shape[:1])} or () and the prior's event shape "
+            f"{tuple(prior.event_shape)}, got batch {tuple(proposal.batch_shape)}, event {tuple(proposal.event_shape)}"
+        )
+    return proposal
+
+
 def _estimate(log_w: Tensor) -> Estimate:
-    """log-mean-exp over chains of log w (C, B) with its delta-method stderr and ESS (chains as samples)."""
+    """log-mean-exp over chains of log w (C, B) with its delta-method stderr, ESS and Pareto k-hat (chains as
+    samples; with few chains the k-hat fit has a tail of a handful of weights and is a coarse check)."""
     if log_w.shape[0] == 1:
         nan = torch.full_like(log_w[0], math.nan)
         return Estimate(value=log_w[0], stderr=nan, ess=torch.ones_like(log_w[0]), pareto_k=None, samples=1)
-    return estimate_from_moments(weight_moments(log_w))
+    return estimate_from_moments(weight_moments(log_w))._replace(pareto_k=pareto_khat(log_w))
 
 
 def ais(
@@ -72,7 +93,7 @@ def ais(
     *,
     steps: int = 1000,
     chains: int = 16,
-    proposal: Guide | None = None,
+    proposal: Guide | Distribution | None = None,
     leapfrog: int = 10,
     step_size: float = 0.05,
     adapt: bool = True,
@@ -84,36 +105,46 @@ def ais(
         \log \hat p(x) = \log \frac1C \sum_{c=1}^C w_c, \qquad
         \log w_c = \sum_{t=1}^T (\beta_t - \beta_{t-1}) [\log p(x, z^c_{t-1}) - \log f_0(z^c_{t-1})],
 
-    with z^c_0 ~ f_0 = p(z) (or ``proposal(x)``), the sigmoidal schedule of :func:`sigmoid_schedule` and one
-    HMC transition (``leapfrog`` steps, Metropolis accept) per intermediate temperature. All chains and data
-    points move as one (C, B, d) tensor. With ``adapt``, each point's step size is multiplied by 1.02 or 0.98
-    after every transition as its running acceptance rate is above or below 0.65 (Wu et al. 2017); the step
-    then depends on the chains' past, which is the usual practice and biases nothing visibly.
+    with z^c_0 ~ f_0 = p(z) (or the proposal), the sigmoidal schedule of :func:`sigmoid_schedule` and one
+    HMC transition (``leapfrog`` steps, Metropolis accept) per intermediate temperature, on u = T^{-1}(z) for a
+    constrained latent (see the module docstring). All chains and data points move as one (C, B, n) tensor.
+    With ``adapt``, each point's step size is multiplied by 1.02 or 0.98 after every transition as its running
+    acceptance rate is above or below 0.65 (Wu et al. 2017); the step then depends on the chains' past, which
+    is the usual practice and biases nothing visibly.
 
     Args:
-        model: p(z) and p(x|z); its parameters receive no gradient (z alone is differentiated).
+        model: p(z) (continuous, event shape (d,)) and p(x|z); its parameters receive no gradient (z alone is
+            differentiated).
         x: (B, *event) data.
         steps: T, the number of temperatures after beta = 0.
         chains: C >= 1 independent chains per data point (C >= 2 for a standard error).
-        proposal: a guide x -> q(z|x) to start from instead of the prior.
+        proposal: f_0 instead of the prior: a guide x -> q(z|x), or a Distribution with batch (B,) (or (),
+            shared) and event (d,), e.g. a mixture. It must put its mass inside the prior's support.
         leapfrog: leapfrog steps per HMC transition.
         step_size: initial leapfrog step size.
         adapt: adapt the step size per data point toward 65% acceptance.
-        generator: the source of every random draw (initial z, momenta, accept tests).
+        generator: the source of every random draw (initial z, momenta, accept tests); a start distribution
+            outside the families :func:`~elbokit.diagnostics._ais.sample_start` covers draws its initial z from
+            the global RNG.
 
     Returns:
-        Estimate: ``value``, ``stderr`` (delta method over chains) and ``ess`` (B,); ``samples`` = C.
+        Estimate: ``value``, ``stderr`` (delta method over chains), ``ess`` and ``pareto_k`` (of the chains'
+        weights; None for one chain) (B,); ``samples`` = C.
+
+    Raises:
+        ValueError: p(z) is discrete or its event shape is not (d,), or f_0 does not match x and p(z).
     """
     check_positive_int("chains", chains)
     _check_x(x)
     with torch.no_grad():
         prior = model.prior()
-        start = prior if proposal is None else guide_distribution(model, proposal, x, prior)
-        shape = (chains, x.shape[0]) if proposal is None else (chains,)
+        latent_transform(prior)  # checks the latent before anything is drawn
+        start = _start(model, x, prior, proposal)
+        shape = (chains,) if start.batch_shape == x.shape[:1] else (chains, x.shape[0])
         z = sample_start(start, shape, generator)  # (C, B, d)
-        path = GeometricPath(model, x, start)
+        path = GeometricPath(model, x, start, z, prior=prior)
         betas = sigmoid_schedule(steps, dtype=z.dtype)
-        log_w = anneal(path, z, betas, leapfrog=leapfrog, step_size=step_size, adapt=adapt, generator=generator)
+        log_w = anneal(path, path.u0, betas, leapfrog=leapfrog, step_size=step_size, adapt=adapt, generator=generator)
         return _estimate(log_w)
 
 
@@ -138,20 +169,24 @@ def bdmc(
         \mathbb E[w^{\mathrm{rev}}] = 1 / p(x),
 
     so -log (1/C) sum_c w^rev_c >= log p(x) in expectation (Jensen). For simulated data the z that generated
-    x is an exact posterior sample.
+    x is an exact posterior sample. The chains move on u = T^{-1}(z) as in :func:`ais`.
 
     Args:
-        model: p(z) and p(x|z).
+        model: p(z) (continuous, event shape (d,)) and p(x|z).
         x: (B, *event) data.
-        z: (B, d) one exact posterior sample per point, or (C, B, d) C independent ones.
+        z: (B, d) one exact posterior sample per point, or (C, B, d) C independent ones, in p(z)'s support.
         steps: T, the number of temperatures after beta = 0.
         chains: C. For (C, B, d) samples it must be C (or None); for (B, d) the one sample starts C chains
             (default 16), whose stderr then measures the annealing noise given that z only.
         leapfrog, step_size, adapt, generator: as in :func:`ais`.
 
     Returns:
-        Estimate whose ``value`` (B,) is the upper-bound estimate -log mean_c w^rev_c; ``stderr`` and ``ess``
-        are those of the reverse weights; ``samples`` = C.
+        Estimate whose ``value`` (B,) is the upper-bound estimate -log mean_c w^rev_c; ``stderr``, ``ess`` and
+        ``pareto_k`` are those of the reverse weights; ``samples`` = C.
+
+    Raises:
+        ValueError: p(z) is discrete or its event shape is not (d,), or z has the wrong shape or lies outside
+            p(z)'s support.
     """
     _check_x(x)
     if z.dim() == 2:
@@ -163,10 +198,13 @@ def bdmc(
     if z.shape[1] != x.shape[0]:
         raise ValueError(f"z must have x's batch size {x.shape[0]} in dimension -2, got shape {tuple(z.shape)}")
     with torch.no_grad():
-        path = GeometricPath(model, x, model.prior())
+        prior = model.prior()
+        path = GeometricPath(model, x, prior, z, prior=prior)
         betas = sigmoid_schedule(steps, dtype=z.dtype).flip(0)  # 1 -> 0
         # Through reversed betas the increments (beta_t - beta_{t-1}) are negative: this is log w^rev.
-        log_w_rev = anneal(path, z, betas, leapfrog=leapfrog, step_size=step_size, adapt=adapt, generator=generator)
+        log_w_rev = anneal(
+            path, path.u0, betas, leapfrog=leapfrog, step_size=step_size, adapt=adapt, generator=generator
+        )
         est = _estimate(log_w_rev)
         return est._replace(value=-est.value)
 

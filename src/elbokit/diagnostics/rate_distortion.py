@@ -246,7 +246,8 @@ def sweep(
             warnings.filterwarnings("ignore", message="β is .* throughout")
             fit(model, model.encoder, data, cfg, out=run_dir)
         model.eval()
-        evaluation = evaluate(Run(run_dir or Path("."), cfg, data, model, {}), k=k, limit=limit, seed=cfg.seed)
+        evaluation = evaluate(Run(run_dir or Path("."), cfg, data, model, {}), k=k, limit=limit, seed=cfg.seed,
+                              proposal="encoder")
         if run_dir is not None:
             write_json(run_dir / EVALUATION, evaluation.to_dict())
         device = next(model.parameters()).device

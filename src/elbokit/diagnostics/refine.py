@@ -41,6 +41,44 @@ def family_of(q: Distribution) -> Family:
     raise TypeError(f"q must be Independent(Normal, 1) or MultivariateNormal, got {type(q).__name__}")
 
 
+def as_full_gaussian(q: Distribution, *, samples: int = 512) -> MultivariateNormal:
+    """q as a full-covariance Gaussian: exactly for Gaussians, by its sampled mean and covariance otherwise.
+
+    Args:
+        q: batch (B,), event (d,).
+        samples: draws for the moment match of a non-Gaussian q.
+
+    Returns:
+        MultivariateNormal with batch (B,), event (d,), detached.
+    """
+    if isinstance(q, MultivariateNormal):
+        return MultivariateNormal(q.loc.detach(), scale_tril=q.scale_tril.detach().expand(*q.loc.shape, -1))
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        scale = q.base_dist.scale.detach().expand(q.base_dist.loc.shape)
+        return MultivariateNormal(q.base_dist.loc.detach(), scale_tril=torch.diag_embed(scale))
+    with torch.no_grad():
+        z = q.sample((samples,))  # (S, B, d)
+        loc = z.mean(0)
+        centred = (z - loc).movedim(0, -1)  # (B, d, S)
+        cov = centred @ centred.transpose(-1, -2) / (samples - 1)  # (B, d, d)
+        jitter = 1e-6 * cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)  # (B,)
+        cov = cov + jitter[:, None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        return MultivariateNormal(loc, scale_tril=torch.linalg.cholesky(cov))
+
+
+def as_family(q: Distribution, family: Family) -> Distribution:
+    """q as a start in ``family``: itself where it belongs there; a diagonal Gaussian's covariance made full;
+    a full (or any) q's marginal standard deviations as a diagonal Gaussian."""
+    if family == "full":
+        return q if isinstance(q, MultivariateNormal) else as_full_gaussian(q)
+    if family == "diagonal":
+        if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+            return q
+        full = as_full_gaussian(q)
+        return Independent(Normal(full.loc, full.variance.sqrt()), 1)
+    raise ValueError(f"family must be 'diagonal' or 'full', got {family!r}")
+
+
 def _inverse_softplus(y: Tensor) -> Tensor:
     """x with softplus(x) = y > 0, stably: y + log(-expm1(-y))."""
     return y + torch.log(-torch.expm1(-y))
@@ -87,6 +125,7 @@ def refine_with_trace(
     tol: float = 1e-3,
     decay: float = 0.5,
     min_lr: float = 1e-4,
+    family: Family | None = None,
 ) -> Refined:
     """:func:`refine`, also returning the number of steps taken and the trace of the bound."""
     check_positive_int("steps", steps)
@@ -99,6 +138,8 @@ def refine_with_trace(
     prior = model.prior()
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)
+        if family is not None:
+            q0 = as_family(q0, family)
     loc, raw = _free_parameters(q0)
     params = [loc, raw]
     batch = loc.shape[0]
@@ -152,6 +193,7 @@ def refine(
     tol: float = 1e-3,
     decay: float = 0.5,
     min_lr: float = 1e-4,
+    family: Family | None = None,
 ) -> Distribution:
     r"""Refine the guide's q(z|x) per data point by maximising the ELBO (semi-amortized VI, Kim et al. 2018).
 
@@ -159,10 +201,12 @@ def refine(
         q^*_n = \arg\max_{q \in \mathcal Q} \; \mathbb E_{q}[\log p(x_n|z)] - \mathrm{KL}(q \,\|\, p(z)),
         \qquad q^{(0)}_n = q_\phi(z|x_n)
 
-    Q is the guide's family: diagonal Gaussians for ``Independent(Normal)``, all Gaussians for
-    ``MultivariateNormal``. Each step estimates the reconstruction with ``samples`` reparameterised draws and
-    takes the KL in closed form; Adam updates the B points' (loc, scale) at once (one vectorised problem;
-    Adam is per coordinate, so points do not interact). Every ``window`` steps the batch-mean bound, averaged
+    Q is ``family``, by default the guide's own: diagonal Gaussians for ``Independent(Normal)``, all Gaussians
+    for ``MultivariateNormal``; ``family="full"`` refines a mean-field guide's q in the full family (its start
+    the same diagonal covariance), ``family="diagonal"`` a full one's among mean-field Gaussians. Each step
+    estimates the reconstruction with ``samples`` reparameterised draws and takes the KL in closed form; Adam
+    updates the B points' (loc, scale) at once (one vectorised problem; Adam is per coordinate, so points do not
+    interact). Every ``window`` steps the batch-mean bound, averaged
     over the window, is compared with the best so far: without an improvement of ``tol`` nats the learning
     rate is multiplied by ``decay``, and the optimisation stops once it falls below ``min_lr`` (or after
     ``steps``). The model is not changed and its parameters receive no gradient.
@@ -178,14 +222,16 @@ def refine(
         tol: smallest improvement of the window-mean bound (nats per point) that counts as progress.
         decay: learning-rate factor on a plateau, in (0, 1).
         min_lr: the optimisation stops when the learning rate falls below this.
+        family: ``"diagonal"``, ``"full"`` or ``None`` (the guide's own family).
 
     Returns:
-        The refined q, detached, of the guide's family: batch (B,), event (d,). ``lambda _: q`` is a guide.
+        The refined q, detached, of that family: batch (B,), event (d,). ``lambda _: q`` is a guide.
 
     References:
         Kim, Wiseman, Miller, Sontag & Rush, "Semi-amortized variational autoencoders", ICML 2018.
         Cremer, Li & Duvenaud, "Inference suboptimality in variational autoencoders", ICML 2018.
     """
     return refine_with_trace(
-        model, guide, x, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay, min_lr=min_lr
+        model, guide, x, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay, min_lr=min_lr,
+        family=family,
     ).q

@@ -2,7 +2,7 @@ r"""The variational autoencoder: a decoder network for p(x|z) and an encoder net
 
 .. math::
     z \sim \mathcal N(0, I_d), \qquad x \mid z \sim p(x \mid \mathrm{dec}_\theta(z)), \qquad
-    q_\phi(z \mid x) = \mathcal N(m_\phi(x), S_\phi(x))
+    q_\phi(z \mid x) = \mathcal N(m_\phi(x), S_\phi(x)) \ \text{(or that Gaussian pushed through a flow)}
 
 (Kingma & Welling 2014; Rezende et al. 2014). A VAE is a :class:`~elbokit.models.LatentModel` (``prior()``,
 ``likelihood(z)``) whose ``encoder`` is a guide, so every estimator takes it as ``(vae, vae.encoder, x)``.
@@ -11,7 +11,7 @@ r"""The variational autoencoder: a decoder network for p(x|z) and an encoder net
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +69,8 @@ class VAE(nn.Module):
         likelihood: str | Likelihood = "bernoulli",
         covariance: Covariance = "diagonal",
         min_scale: float = 1e-5,
+        guide: Literal["gaussian", "flow"] = "gaussian",
+        transforms: int = 4,
     ) -> VAE:
         """An MLP VAE: encoder D -> hidden... -> q's parameters, decoder d -> reversed(hidden)... -> p's.
 
@@ -81,19 +83,33 @@ class VAE(nn.Module):
             hidden: encoder hidden widths; the decoder uses them in reverse.
             activation: nonlinearity between layers, in both networks.
             likelihood: a :class:`Likelihood` or its spec (``"bernoulli"``, ``"gaussian:learned"``, ...).
-            covariance: q's covariance, ``"diagonal"`` or ``"full"``.
-            min_scale: floor of q's standard deviations.
+            covariance: q's covariance, ``"diagonal"`` or ``"full"`` (a Gaussian guide's; a flow's base is diagonal).
+            min_scale: floor of q's (or its base's) standard deviations.
+            guide: ``"gaussian"`` (:class:`elbokit.AmortizedGaussian`) or ``"flow"`` (:class:`elbokit.AmortizedFlow`:
+                the encoder's Gaussian pushed through ``transforms`` IAF steps conditioned on its last hidden layer;
+                needs the optional ``zuko``).
+            transforms: K, the flow's steps (``guide="flow"`` only).
 
         References:
             Burda, Grosse & Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
         """
-        from elbokit.guides import AmortizedGaussian  # not at module level: guides imports elbokit.models
+        from elbokit.guides import AmortizedFlow, AmortizedGaussian  # not at module level: guides imports models
 
+        if guide not in ("gaussian", "flow"):
+            raise ValueError(f"guide must be 'gaussian' or 'flow', got {guide!r}")
+        if guide == "flow" and covariance != "diagonal":
+            raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
         observation = make_likelihood(likelihood, data_dim) if isinstance(likelihood, str) else likelihood
         hidden = tuple(hidden)
-        encoder = AmortizedGaussian.mlp(
-            data_dim, latent_dim, hidden=hidden, covariance=covariance, activation=activation, min_scale=min_scale
-        )
+        encoder: nn.Module
+        if guide == "flow":
+            encoder = AmortizedFlow.mlp(
+                data_dim, latent_dim, hidden=hidden, transforms=transforms, activation=activation, min_scale=min_scale
+            )
+        else:
+            encoder = AmortizedGaussian.mlp(
+                data_dim, latent_dim, hidden=hidden, covariance=covariance, activation=activation, min_scale=min_scale
+            )
         decoder = mlp((latent_dim, *reversed(hidden), observation.output_size(data_dim)), activation=activation)
         return cls(encoder, decoder, observation, latent_dim=latent_dim)
 
@@ -162,13 +178,28 @@ class VAE(nn.Module):
         return self._decode_or_draw(z, mean)
 
     @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """A point summary of q(z|x), (B, d): its mean E_q z; for a flow guide, whose q has no closed-form mean,
+        the base's mean pushed through the flow (``FlowDistribution.location``; E_q z while the flow is affine)."""
+        q = self.encoder(x)
+        try:
+            return q.mean
+        except NotImplementedError:
+            location = getattr(q, "location", None)
+            if not isinstance(location, Tensor):
+                raise TypeError(f"{type(q).__name__} has neither a mean nor a location to encode x by") from None
+            return location
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor, *, mean: bool = True) -> Tensor:
-        """Decode the mean of q(z|x): E[x | z = E_q z] (``mean=True``) or a draw from p(x | z = E_q z): (B, D)."""
-        return self._decode_or_draw(self.encoder(x).mean, mean)  # z: (B, d)
+        """Decode the encoding of x (:meth:`encode`, E_q z for a Gaussian guide): E[x | z] (``mean=True``) or a
+        draw from p(x | z): (B, D)."""
+        return self._decode_or_draw(self.encode(x), mean)  # z: (B, d)
 
     @torch.no_grad()
     def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
-        """E[x|z] along the segment from E_q[z|x_a] to E_q[z|x_b], endpoints included: (steps, D).
+        """E[x|z] along the segment between the encodings of x_a and x_b (:meth:`encode`, E_q[z|x] for a
+        Gaussian guide), endpoints included: (steps, D).
 
         Args:
             x_a: (D,) or (1, D).
@@ -184,7 +215,7 @@ class VAE(nn.Module):
             if x.dim() != 2 or x.shape[0] != 1:
                 raise ValueError(f"{name} must have shape (D,) or (1, D), got {tuple(x.shape)}")
             ends.append(x)
-        m = self.encoder(torch.cat(ends)).mean  # (2, d)
+        m = self.encode(torch.cat(ends))  # (2, d)
         t = torch.linspace(0, 1, steps, dtype=m.dtype, device=m.device).unsqueeze(-1)  # (steps, 1)
         z = torch.lerp(m[:1], m[1:], t)  # (steps, d), exactly m[0] at t = 0 and m[1] at t = 1
         return self.decode(z)

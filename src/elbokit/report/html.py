@@ -195,6 +195,9 @@ def _number(value: float, digits: int = 3) -> str:
     return "−" + f"{-value:.{digits}f}" if value < 0 else f"{value:.{digits}f}"
 
 
+_REFERENCE = {"is": "importance sampled from the full-covariance q*", "ais": "AIS from the full-covariance q*"}
+
+
 def _summary_rows(run: Run, d: Mapping[str, Any]) -> list[tuple[str, str]]:
     g, s = d["gaps"], d["surgery"]
     rows = [("ELBO (analytic KL)", _number(d["elbo"]))]
@@ -205,7 +208,9 @@ def _summary_rows(run: Run, d: Mapping[str, Any]) -> list[tuple[str, str]]:
         a = d["ais"]
         rows.append((f"log p(x), AIS {a['steps']} steps", f"{_number(a['value'])} ± {a['stderr']:.3f}"))
     rows += [
-        ("log p(x), importance sampled with q* as proposal", f"{_number(g['log_px'])} ± {g['log_px_stderr']:.3f}"),
+        (f"log p(x), the gaps' reference ({_REFERENCE[g['reference']]})",
+         f"{_number(g['log_px'])} ± {g['log_px_stderr']:.3f} (k̂ max {g['pareto_k_max']:.2f}; {g['unreliable']} "
+         f"of {d['n']} points over {KHAT_THRESHOLD})"),
         ("L[q*], q refined per point", f"{_number(g['elbo_optimal'])} ({g['family']} q*, {g['steps']} steps)"),
         ("L[q], the encoder's", _number(g["elbo_amortized"])),
         ("approximation gap, log p(x) − L[q*]", _number(g["approximation"])),

@@ -194,7 +194,7 @@ def latent_scatter(model: VAE, x: Tensor, labels: Tensor | None = None, *, dims:
         raise ValueError(f"labels must have shape ({x.shape[0]},) to match x, got {tuple(labels.shape)}")
     with torch.inference_mode():
         reference = _latent_reference(model)
-        mean = model.encoder(x.to(reference.device, reference.dtype)).mean  # (N, d)
+        mean = model.encode(x.to(reference.device, reference.dtype))  # (N, d): E_q z (a flow's: see VAE.encode)
         points = _numpy(mean[:, [i, j]])  # (N, 2)
     fig = _figure(6.0, 5.0)
     ax = fig.add_subplot()
