@@ -110,6 +110,22 @@ def test_log_prob_after_sample_is_the_score_at_fixed_z() -> None:
     assert float((path - score).abs().max()) > 1e-3  # log q(T(m + s eps)) at fixed eps: another derivative
 
 
+def test_log_prob_after_sample_without_autograd_is_one_pass() -> None:
+    """Without autograd (importance sampling for log p(x)) ``sample()`` remembers log q of its draw: one pass
+    per step, the value that inversion gives."""
+    guide = _amortized(d=3, transforms=2)
+    _perturb(guide.flow, 0.3, seed=2)
+    calls = []
+    for step in guide.flow.steps:
+        step.hyper.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        q = guide(torch.randn(4, 6))
+        z = q.sample((5,))
+        log_q = q.log_prob(z)
+        assert len(calls) == 2
+        torch.testing.assert_close(log_q, q.log_prob(z.clone()), rtol=0, atol=1e-10)
+
+
 # ---- normalisation ------------------------------------------------------------------------------------------
 def _two_d_flow() -> FlowDistribution:
     guide = ek.LocalFlow(1, 2, transforms=3, hidden_features=(16, 16), covariance="diagonal")

@@ -214,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{run.path}: {run.config.data}, {result.split} split, {result.n} points, k = {result.k}")
     print(f"{'quantity':<34}{'nats':>12}")
     rows = [
-        ("ELBO (analytic KL)", f"{result.elbo:12.3f}"),
+        (f"ELBO ({'analytic' if result.kl_method == 'analytic' else 'sampled'} KL)", f"{result.elbo:12.3f}"),
         ("log p(x), importance sampled", f"{result.log_px:12.3f} ± {result.log_px_stderr:.3f}   "
                                          f"({result.proposal} q as proposal)"),
         ("gap log p(x) - ELBO", f"{result.log_px - result.elbo:12.3f}"),

@@ -144,6 +144,7 @@ class Evaluation:
     # the importance-sampling proposal: "encoder" (q(z|x)) or "refined" (q refined per point in the
     # full-covariance family and mixed defensively with a widened copy: elbokit.diagnostics.refined_proposal)
     proposal: str = "encoder"
+    kl_method: str = "analytic"  # how the ELBO's KL was computed: "analytic" (closed form) or "mc" (a flow's q)
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -159,7 +160,7 @@ def _fixed(q: Distribution, x: Tensor) -> Distribution:
 
 def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None = None, batch_size: int = 100,
              seed: int = 0, proposal: str = "refined", refine_steps: int = 300) -> Evaluation:  # fmt: skip
-    """ELBO (analytic KL) and importance-sampled log p(x) with its standard error on a split.
+    """ELBO (analytic KL where registered) and importance-sampled log p(x) with its standard error on a split.
 
     ``proposal="refined"`` draws the importance samples from the encoder's q refined per point in the
     full-covariance Gaussian family (``refine_steps`` steps) and mixed defensively with a widened copy
@@ -173,7 +174,7 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
     x_all = run.data.split(split)[:limit]
     device = next(run.model.parameters()).device
     totals = {"elbo": 0.0, "kl": 0.0, "reconstruction": 0.0, "log_px": 0.0, "var": 0.0}
-    min_ess, khat_max, khat_over = math.inf, -math.inf, 0
+    min_ess, khat_max, khat_over, kl_method = math.inf, -math.inf, 0, "analytic"
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in range(0, x_all.shape[0], batch_size):
@@ -184,6 +185,7 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
                 guide = functools.partial(_fixed, r)
             with torch.inference_mode():
                 bound = elbo(run.model, run.model.encoder, x)
+                kl_method = bound.kl_method
                 estimate = log_marginal(run.model, guide, x, k=k, warn=False)
             totals["elbo"] += float(bound.value.sum())
             totals["kl"] += float(bound.kl.sum())
@@ -201,7 +203,7 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
     return Evaluation(
         elbo=totals["elbo"] / n, log_px=log_px, log_px_stderr=math.sqrt(totals["var"]) / n, kl=totals["kl"] / n,
         reconstruction=totals["reconstruction"] / n, n=n, k=k, split=split, bits_per_dim=bits, min_ess=min_ess,
-        pareto_k_max=khat_max, pareto_k_over_threshold=khat_over, proposal=proposal,
+        pareto_k_max=khat_max, pareto_k_over_threshold=khat_over, proposal=proposal, kl_method=kl_method,
     )  # fmt: skip
 
 

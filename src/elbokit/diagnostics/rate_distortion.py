@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from elbokit.config import RunConfig
-from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples
+from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.models.base import Guide, LatentModel
 from elbokit.runs import (
@@ -49,13 +49,14 @@ class RatePoint(NamedTuple):
     """Rate, distortion and ELBO of a model and guide on a batch, in nats per data point (means over B points).
 
     Attributes:
-        rate: R, mean analytic KL(q(z|x) || p(z)).
+        rate: R, mean KL(q(z|x) || p(z)): closed form where registered, else sampled at the distortion's draws.
         distortion: D, Monte-Carlo estimate of -mean E_q log p(x|z).
         elbo: -(R + D).
-        rate_stderr: 0.0: the rate is in closed form.
+        rate_stderr: 0.0 for a closed-form rate; for a sampled one, its Monte-Carlo standard error (inf with
+            one draw per point).
         distortion_stderr: Monte-Carlo standard error of ``distortion`` given the B points (see
             :func:`rate_distortion`).
-        elbo_stderr: equal to ``distortion_stderr``: only the distortion is sampled.
+        elbo_stderr: ``distortion_stderr`` and ``rate_stderr`` combined.
         n: B, the number of data points.
         samples: K, draws of z per data point.
     """
@@ -116,7 +117,7 @@ def rate_distortion(
 
     Args:
         model: p(z) and p(x|z).
-        guide: x -> q(z|x), batch (B,), event (d,); a closed-form KL(q || p(z)) must be registered.
+        guide: x -> q(z|x), batch (B,), event (d,); the KL is sampled where no closed form is registered.
         x: (B, *event) data.
         samples: K, draws of z per point for the distortion.
         batch_size: points per forward pass (``None``: all at once).
@@ -135,18 +136,22 @@ def rate_distortion(
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must hold at least one data point (B, *event), got {shape}")
     step = n if batch_size is None else batch_size
-    rates, distortions, variances = [], [], []
+    rates, distortions, variances, rate_variances = [], [], [], []
+    sampled = False
     prior = model.prior()
     for start in range(0, n, step):
         xb = x[start : start + step]
         q = guide_distribution(model, guide, xb, prior)
         kl = analytic_kl(q, prior)
-        if kl is None:
-            raise ValueError(
-                f"the rate needs a closed-form KL, and none is registered for ({type(q).__name__}, "
-                f"{type(prior).__name__}): register one with torch.distributions.register_kl"
-            )
-        log_px_given_z = log_likelihood_samples(model, q, xb, samples)  # (K, B)
+        if kl is None:  # sampled: log q(z|x) - log p(z) at the same draws as the distortion
+            sampled = True
+            terms = log_weights(model, q, xb, samples, prior=prior)
+            log_px_given_z, kl_samples = terms.log_px_given_z, terms.log_qz - terms.log_pz  # (K, B) each
+            kl = kl_samples.mean(0)
+            if samples > 1:
+                rate_variances.append(kl_samples.var(0, correction=1) / samples)
+        else:
+            log_px_given_z = log_likelihood_samples(model, q, xb, samples)  # (K, B)
         rates.append(kl)
         distortions.append(-log_px_given_z.mean(0))  # (B,)
         if samples > 1:
@@ -158,7 +163,12 @@ def rate_distortion(
         stderr = math.sqrt(float(torch.cat(variances).sum())) / n
     else:
         stderr = float(per_point.std(correction=1)) / math.sqrt(n) if n > 1 else math.inf
-    return RatePoint(rate, distortion, -(rate + distortion), 0.0, stderr, stderr, n, samples)
+    rate_stderr = 0.0  # closed form
+    if sampled:  # one draw per point leaves no within-point variance to estimate it from
+        rate_stderr = math.sqrt(float(torch.cat(rate_variances).sum())) / n if samples > 1 else math.inf
+    # The two sampled terms share their draws; their errors are combined as if independent.
+    elbo_stderr = math.sqrt(stderr**2 + rate_stderr**2)
+    return RatePoint(rate, distortion, -(rate + distortion), rate_stderr, stderr, elbo_stderr, n, samples)
 
 
 def elbo_line(value: float, rates: Sequence[float]) -> list[float]:

@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from elbokit.diagnostics.refine_flow import refine_flow
 from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
 from elbokit.estimators.elbo import analytic_kl
-from elbokit.guides import gaussian
+from elbokit.guides import FlowDistribution, gaussian
 from elbokit.models.base import Guide, LatentModel
 
-Family = Literal["diagonal", "full"]
+Family = Literal["diagonal", "full", "flow"]
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # Adam (Kingma & Ba 2015)
 
@@ -33,12 +34,17 @@ class Refined(NamedTuple):
 
 
 def family_of(q: Distribution) -> Family:
-    """``"diagonal"`` for ``Independent(Normal, 1)``, ``"full"`` for ``MultivariateNormal``; otherwise an error."""
+    """``"diagonal"`` for ``Independent(Normal, 1)``, ``"full"`` for ``MultivariateNormal``, ``"flow"`` for a
+    :class:`~elbokit.guides.FlowDistribution`; otherwise an error."""
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
         return "diagonal"
     if isinstance(q, MultivariateNormal):
         return "full"
-    raise TypeError(f"q must be Independent(Normal, 1) or MultivariateNormal, got {type(q).__name__}")
+    if isinstance(q, FlowDistribution):
+        return "flow"
+    raise TypeError(
+        f"q must be Independent(Normal, 1), MultivariateNormal or a FlowDistribution, got {type(q).__name__}"
+    )
 
 
 def as_full_gaussian(q: Distribution, *, samples: int = 512) -> MultivariateNormal:
@@ -76,7 +82,7 @@ def as_family(q: Distribution, family: Family) -> Distribution:
             return q
         full = as_full_gaussian(q)
         return Independent(Normal(full.loc, full.variance.sqrt()), 1)
-    raise ValueError(f"family must be 'diagonal' or 'full', got {family!r}")
+    raise ValueError(f"family must be 'diagonal', 'full' or 'flow', got {family!r}")
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -138,8 +144,14 @@ def refine_with_trace(
     prior = model.prior()
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)
-        if family is not None:
-            q0 = as_family(q0, family)
+    if family == "flow" or (family is None and family_of(q0) == "flow"):
+        local, flow_steps, flow_trace = refine_flow(
+            model, guide, x, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay,
+            min_lr=min_lr,
+        )  # fmt: skip
+        return Refined(local.distribution(), flow_steps, flow_trace)
+    if family is not None:
+        q0 = as_family(q0, family)
     loc, raw = _free_parameters(q0)
     params = [loc, raw]
     batch = loc.shape[0]
@@ -222,7 +234,8 @@ def refine(
         tol: smallest improvement of the window-mean bound (nats per point) that counts as progress.
         decay: learning-rate factor on a plateau, in (0, 1).
         min_lr: the optimisation stops when the learning rate falls below this.
-        family: ``"diagonal"``, ``"full"`` or ``None`` (the guide's own family).
+        family: ``"diagonal"``, ``"full"``, ``"flow"`` (:func:`elbokit.diagnostics.refine_flow.refine_flow`: a
+            LocalFlow per point, started at the guide's flow or Gaussian q) or ``None`` (the guide's own family).
 
     Returns:
         The refined q, detached, of that family: batch (B,), event (d,). ``lambda _: q`` is a guide.

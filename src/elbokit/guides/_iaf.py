@@ -116,10 +116,14 @@ class FlowDistribution(Distribution):
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def sample(self, sample_shape: _Shape = torch.Size()) -> Tensor:  # noqa: B008
-        # Not remembered: log_prob of a draw must carry d/dphi log q at fixed z (the score), which the log q
-        # of the draw's own path, a function of u, does not.
+        # Remembered for log_prob without autograd only (evaluation: log p(x) by importance sampling): with
+        # autograd on, log_prob of a draw must carry d/dphi log q at fixed z (the score), which the log q of
+        # the draw's own path, a function of u, does not, so T is inverted then.
         with torch.no_grad():
-            return self.transform(self.base.sample(sample_shape))
+            u = self.base.sample(sample_shape)  # (*S, B, d)
+            z, log_det = self.transform.call_and_ladj(u)
+            self._last = (z, self.base.log_prob(u) - log_det, False)
+            return z
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""log q(z) = log q_0(T^{-1}(z)) + log|det dT^{-1}/dz|: (*S, B).

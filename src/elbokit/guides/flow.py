@@ -18,6 +18,8 @@ is built: ``pip install 'elbokit[flows]'``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -169,6 +171,18 @@ class LocalFlow(nn.Module):
         # softplus on the diagonal of the Cholesky factor as on a diagonal scale: the same standard deviations.
         guide.base.raw_scale.data.copy_(torch.diag_embed(raw) if raw.shape != guide.base.raw_scale.shape else raw)
         return guide
+
+    @classmethod
+    def from_amortized(cls, guide: AmortizedFlow, x: Tensor, *, covariance: Covariance = "full") -> LocalFlow:
+        """The amortized q(z|x_n) of each point as free parameters (the start of semi-amortized refinement):
+        the base from the encoder, each point's embedding its context h(x_n), and a copy of the flow network,
+        so that the local flow equals ``guide(x)`` until it is optimised."""
+        with torch.no_grad():
+            base, h = guide.base(x)
+        local = cls.from_distribution(base, transforms=1, covariance=covariance, context=h.shape[-1])
+        local.flow = copy.deepcopy(guide.flow)
+        local.embedding = nn.Parameter(h.detach().clone())
+        return local
 
     @property
     def num_points(self) -> int:

@@ -200,7 +200,8 @@ _REFERENCE = {"is": "importance sampled from the full-covariance q*", "ais": "AI
 
 def _summary_rows(run: Run, d: Mapping[str, Any]) -> list[tuple[str, str]]:
     g, s = d["gaps"], d["surgery"]
-    rows = [("ELBO (analytic KL)", _number(d["elbo"]))]
+    rows = [(f"ELBO ({'analytic' if d.get('elbo_kl', 'analytic') == 'analytic' else 'sampled'} KL)",
+             _number(d["elbo"]))]
     khat = f"k̂ max {d['pareto_k_max']:.2f}; {d['pareto_k_over_threshold']} of {d['n']} points over {KHAT_THRESHOLD}"
     rows.append((f"log p(x), importance sampled, k = {d['k']}",
                  f"{_number(d['log_px'])} ± {d['log_px_stderr']:.3f} ({khat})"))  # fmt: skip
