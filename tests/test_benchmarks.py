@@ -75,3 +75,30 @@ def test_quality_runs_the_configuration_it_describes(tmp_path: Path) -> None:
     assert dataclasses.replace(saved, limit=None) == config
     assert (config.hidden, config.latent_dim, config.batch_size, config.lr_schedule) == ((200, 200), 50, 20, "burda")
     assert quality.epochs_done(out) == 1
+
+
+def test_gap_table_runs_on_two_small_runs(tmp_path: Path) -> None:
+    """The Cremer-style table on two tiny runs (digits, a Gaussian and a flow guide): every row present, the
+    reference's k-hat counts within the images, and the flow family's L[q*] reported for the Gaussian run."""
+    pytest.importorskip("zuko")
+    from elbokit.cli import main
+
+    common = ["--data", "digits", "--limit", "200", "--epochs", "1", "--latent-dim", "2", "--hidden", "16",
+              "--quiet", "--device", "cpu"]  # fmt: skip
+    for name, guide in (("g", "gaussian"), ("f", "flow:2")):
+        assert main(["fit", "--out", str(tmp_path / name), "--guide", guide, *common]) == 0
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gap_table.py"), "--gaussian-run", str(tmp_path / "g"),
+         "--flow-run", str(tmp_path / "f"), "--limit", "8", "--k", "50", "--steps", "20", "--samples", "20",
+         "--ais-limit", "4", "--ais-steps", "5", "--threads", "1", "--json"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    gaussian, flow = result["rows"]
+    assert (gaussian["family"], flow["family"]) == ("diagonal", "flow")
+    for row in (gaussian, flow):
+        assert row["n"] == 8 and 0 <= row["khat_over"] <= 8 and row["ais"]["n"] == 4
+        assert row["approximation"] == pytest.approx(row["log_px"] - row["elbo_optimal"])
+        assert 0 <= row["evaluate"]["refined"]["khat_over"] <= 8
+    assert "flow_family" in gaussian and "flow_family" not in flow
+    assert "approximation gap" in out.stdout

@@ -20,7 +20,7 @@ from elbokit import distributions as _distributions  # noqa: F401  (registers ex
 from elbokit.config import RunConfig
 from elbokit.estimators import elbo, gradient_variance, iwae, iwae_bound, log_marginal, log_weights
 from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian
-from elbokit.models import VAE, Guide, LatentModel, LinearGaussian
+from elbokit.models import VAE, FixedGuide, Guide, LatentModel, LinearGaussian
 from elbokit.train import FitResult, fit
 from elbokit.types import Bound, Estimate, GradientStats
 
@@ -33,6 +33,7 @@ __all__ = [
     "Bound",
     "Estimate",
     "FitResult",
+    "FixedGuide",
     "GradientStats",
     "Guide",
     "LatentModel",

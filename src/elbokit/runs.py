@@ -8,7 +8,6 @@ beside them (``evaluation.json``, ``samples.png``, ``reconstructions.png``; ``di
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
@@ -18,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
 from elbokit._io import atomic_write
 from elbokit.config import RunConfig, parse_guide
@@ -26,6 +24,7 @@ from elbokit.data import Dataset, load
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.models import VAE, Guide
+from elbokit.models.base import FixedGuide
 from elbokit.report.images import image_grid, write_png
 from elbokit.train.checkpoint import CHECKPOINT, STATE, load_checkpoint, load_model_state
 from elbokit.train.loop import METRICS, resolve_device
@@ -153,11 +152,6 @@ class Evaluation:
 PROPOSALS = ("encoder", "refined")
 
 
-def _fixed(q: Distribution, x: Tensor) -> Distribution:
-    """The guide that returns q whatever x is (a proposal fitted to x beforehand)."""
-    return q
-
-
 def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None = None, batch_size: int = 100,
              seed: int = 0, proposal: str = "refined", refine_steps: int = 300) -> Evaluation:  # fmt: skip
     """ELBO (analytic KL where registered) and importance-sampled log p(x) with its standard error on a split.
@@ -182,7 +176,7 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
             guide: Guide = run.model.encoder
             if proposal == "refined":  # an optimisation per point: autograd on, outside inference mode
                 r = refined_proposal(run.model, run.model.encoder, x, steps=refine_steps)
-                guide = functools.partial(_fixed, r)
+                guide = FixedGuide(r)
             with torch.inference_mode():
                 bound = elbo(run.model, run.model.encoder, x)
                 kl_method = bound.kl_method

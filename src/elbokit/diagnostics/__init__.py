@@ -3,8 +3,10 @@
 ::
 
     from elbokit import diagnostics as dx
-    dx.gaps(model, guide, x, k=5000)      # log p(x), L[q*], L[q], approximation and amortization gaps (B,)
+    dx.gaps(model, guide, x, k=5000)      # log p(x) (+ its k-hat), L[q*], L[q], approximation and amortization gaps
+    dx.gaps(..., family="flow", reference="ais")  # q* in another family; the reference log p(x) by AIS
     dx.refine(model, guide, x, steps=200) # q* per data point, a Distribution usable as a guide
+    dx.refined_proposal(model, guide, x)  # q refined in the full-covariance family, mixed defensively
     dx.collapse(model, guide, x)          # per-dimension KL, active units, I(x; z)
     dx.surgery(model, guide, x)           # average KL = I(x; z) + KL(q(z) || p(z)), and log N
     dx.ais(model, x, steps=1000)          # annealed importance sampling: a tighter lower bound on log p(x)
@@ -20,6 +22,7 @@ from elbokit.diagnostics.evidence import CurvePoint, ais, bdmc, iwae_curve, pare
 from elbokit.diagnostics.gaps import Gaps, GapSummary, gaps, refine
 from elbokit.diagnostics.mode_seeking import ModeSeekingResult, mode_seeking
 from elbokit.diagnostics.rate_distortion import RatePoint, SweepPoint, rate_distortion, sweep
+from elbokit.diagnostics.reference import reference_log_px, refined_proposal
 from elbokit.diagnostics.surgery import Surgery, surgery
 
 __all__ = [
@@ -39,7 +42,9 @@ __all__ = [
     "mode_seeking",
     "pareto_khat",
     "rate_distortion",
+    "reference_log_px",
     "refine",
+    "refined_proposal",
     "surgery",
     "sweep",
 ]

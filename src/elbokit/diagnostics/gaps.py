@@ -29,7 +29,7 @@ from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.estimators.marginal import warn_pareto_k
-from elbokit.models.base import Guide, LatentModel
+from elbokit.models.base import FixedGuide, Guide, LatentModel
 from elbokit.types import KLMethod
 
 __all__ = [
@@ -231,7 +231,7 @@ def gaps(
     if family == "full":
         proposal = defensive_proposal(as_full_gaussian(q_star))
     else:  # the best full-covariance Gaussian, refined from q*
-        proposal = refined_proposal(model, lambda _: q_star, x, steps=steps, samples=refine_samples)
+        proposal = refined_proposal(model, FixedGuide(q_star), x, steps=steps, samples=refine_samples)
     evidence = reference_log_px(model, x, proposal, method=reference, k=k, ais_steps=ais_steps, chains=chains)
     assert evidence.pareto_k is not None
     if warn:

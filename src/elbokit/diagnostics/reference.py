@@ -40,7 +40,7 @@ from elbokit.diagnostics.evidence import ais
 from elbokit.diagnostics.refine import as_full_gaussian, refine
 from elbokit.distributions.mixture import DefensiveMixture
 from elbokit.estimators.marginal import log_marginal
-from elbokit.models.base import Guide, LatentModel
+from elbokit.models.base import FixedGuide, Guide, LatentModel
 from elbokit.types import Estimate
 
 ReferenceMethod = Literal["is", "ais"]
@@ -75,7 +75,7 @@ def refined_proposal(
     r"""The reference proposal r for a guide: its q(z|x) refined per point in the full-covariance Gaussian family
     (:func:`elbokit.diagnostics.refine`, ``family="full"``), mixed defensively with a widened copy.
 
-    ``lambda _: r`` is a guide, so ``ek.log_marginal(model, lambda _: r, x, k=...)`` estimates log p(x) from
+    ``FixedGuide(r)`` is a guide, so ``ek.log_marginal(model, FixedGuide(r), x, k=...)`` estimates log p(x) from
     it; where the encoder's q is narrower than the posterior (the usual case, a mean-field q under the
     reverse KL) r's weights are far lighter-tailed than the encoder's.
 
@@ -128,7 +128,7 @@ def reference_log_px(
         Estimate with ``value``, ``stderr``, ``ess`` and ``pareto_k`` (B,).
     """
     if method == "is":
-        return log_marginal(model, lambda _: proposal, x, k=k, warn=False)
+        return log_marginal(model, FixedGuide(proposal), x, k=k, warn=False)
     if method != "ais":
         raise ValueError(f"reference must be 'is' or 'ais', got {method!r}")
     if chains < 2:

@@ -18,7 +18,7 @@ from elbokit.diagnostics.refine_flow import refine_flow
 from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.guides import FlowDistribution, gaussian
-from elbokit.models.base import Guide, LatentModel
+from elbokit.models.base import FixedGuide, Guide, LatentModel
 
 Family = Literal["diagonal", "full", "flow"]
 
@@ -145,11 +145,24 @@ def refine_with_trace(
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)
     if family == "flow" or (family is None and family_of(q0) == "flow"):
+        start: Guide = guide
+        gaussian_star: Refined | None = None
+        if family_of(q0) != "flow":
+            # A Gaussian guide: its own family's q* first (closed-form KL, one step size per point), then the
+            # flow from there, so that the flow's q* starts no worse than the Gaussian one.
+            gaussian_star = refine_with_trace(
+                model, guide, x, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay,
+                min_lr=min_lr,
+            )  # fmt: skip
+            start = FixedGuide(gaussian_star.q)
         local, flow_steps, flow_trace = refine_flow(
-            model, guide, x, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay,
+            model, start, x, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay,
             min_lr=min_lr,
         )  # fmt: skip
-        return Refined(local.distribution(), flow_steps, flow_trace)
+        if gaussian_star is None:
+            return Refined(local.distribution(), flow_steps, flow_trace)
+        steps_taken = gaussian_star.steps + flow_steps
+        return Refined(local.distribution(), steps_taken, torch.cat([gaussian_star.trace, flow_trace]))
     if family is not None:
         q0 = as_family(q0, family)
     loc, raw = _free_parameters(q0)

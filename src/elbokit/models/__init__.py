@@ -1,6 +1,6 @@
 """Latent-variable models: the protocols, the exact linear-Gaussian reference, VAEs and their likelihoods."""
 
-from elbokit.models.base import Guide, LatentModel
+from elbokit.models.base import FixedGuide, Guide, LatentModel
 from elbokit.models.likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -19,6 +19,7 @@ __all__ = [
     "VAE",
     "Bernoulli",
     "ContinuousBernoulli",
+    "FixedGuide",
     "Gaussian",
     "Guide",
     "Laplace",

@@ -30,3 +30,14 @@ class Guide(Protocol):
     """q(z|x): a callable from x of shape (B, *event) to a Distribution with batch (B,), event (d,)."""
 
     def __call__(self, x: Tensor) -> Distribution: ...
+
+
+class FixedGuide:
+    """The guide that returns one q, already fitted to a batch of data, whatever x it is called with: a refined q*
+    or a proposal per data point, handed to a function that takes a guide."""
+
+    def __init__(self, q: Distribution) -> None:
+        self.q = q
+
+    def __call__(self, x: Tensor) -> Distribution:
+        return self.q
