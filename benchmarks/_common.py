@@ -3,6 +3,9 @@ it, and per-point test numbers of a trained VAE computed as ``elbokit.runs.evalu
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +49,33 @@ def evaluate_points(model: VAE, x_all: Tensor, *, k: int, seed: int, batch_size:
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def step_batches(data: Tensor, batch: int, count: int, generator: torch.Generator) -> list[Tensor]:
+    """``count`` minibatches of ``batch`` training points drawn with replacement, freshly binarized."""
+    index = torch.randint(0, data.shape[0], (count, batch), generator=generator)
+    return [torch.bernoulli(data[i], generator=generator) for i in index]
+
+
+def timed_rounds(
+    methods: dict[str, Callable[[Tensor], None]], data: Tensor, batch: int, *, steps: int, repeats: int, seed: int
+) -> dict[str, list[float]]:
+    """Milliseconds per step of each method in each of ``repeats`` rounds: an untimed warm-up round first, then
+    each round runs the methods in a fresh random order, ``steps`` timed steps after one warm-up step each, on
+    the same fresh minibatches."""
+    gen = torch.Generator().manual_seed(seed)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    order = list(methods)
+    shuffle = random.Random(seed)
+    for round_ in range(repeats + 1):  # round 0 is an untimed warm-up of every method
+        shuffle.shuffle(order)
+        batches = step_batches(data, batch, steps + 1, gen)
+        for name in order:
+            run = methods[name]
+            run(batches[0])  # warm-up: caches, allocator, optimiser state
+            started = time.perf_counter()
+            for x in batches[1:]:
+                run(x)
+            if round_ > 0:
+                times[name].append((time.perf_counter() - started) / steps * 1e3)
+    return times

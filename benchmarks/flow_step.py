@@ -37,15 +37,14 @@ import copy
 import datetime
 import json
 import math
-import random
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import zuko
+from _common import timed_rounds
 from torch import Tensor
 from zuko.distributions import DiagNormal, NormalizingFlow
 from zuko.transforms import ComposedTransform
@@ -101,11 +100,6 @@ def _bare_flow(vae: VAE, *, fused: bool) -> Step:
     return run
 
 
-def _batches(data: Tensor, batch: int, count: int, generator: torch.Generator) -> list[Tensor]:
-    index = torch.randint(0, data.shape[0], (count, batch), generator=generator)
-    return [torch.bernoulli(data[i], generator=generator) for i in index]
-
-
 def bench_config(batch: int, data: Tensor, *, steps: int, repeats: int, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     gaussian = VAE.mlp(784, LATENT, hidden=HIDDEN, likelihood="bernoulli").float()
@@ -117,21 +111,7 @@ def bench_config(batch: int, data: Tensor, *, steps: int, repeats: int, seed: in
         "bare_flow": _bare_flow(copy.deepcopy(flow), fused=False),
         "bare_flow_fused": _bare_flow(copy.deepcopy(flow), fused=True),
     }
-    gen = torch.Generator().manual_seed(seed)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    order = list(methods)
-    shuffle = random.Random(seed)
-    for round_ in range(repeats + 1):  # round 0 is an untimed warm-up of every method
-        shuffle.shuffle(order)
-        batches = _batches(data, batch, steps + 1, gen)
-        for name in order:
-            run = methods[name]
-            run(batches[0])  # warm-up: caches, allocator, optimiser state
-            started = time.perf_counter()
-            for x in batches[1:]:
-                run(x)
-            if round_ > 0:
-                times[name].append((time.perf_counter() - started) / steps * 1e3)
+    times = timed_rounds(methods, data, batch, steps=steps, repeats=repeats, seed=seed)
 
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))

@@ -50,7 +50,6 @@ import copy
 import datetime
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -59,6 +58,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import timed_rounds
 from torch import Tensor, nn
 
 from elbokit.config import RunConfig
@@ -192,11 +192,6 @@ def gemm_gflops(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _batches(data: Tensor, batch: int, count: int, generator: torch.Generator) -> list[Tensor]:
-    index = torch.randint(0, data.shape[0], (count, batch), generator=generator)
-    return [torch.bernoulli(data[i], generator=generator) for i in index]
-
-
 def bench_config(
     arch: str, batch: int, data: Tensor, *, steps: int, repeats: int, seed: int, compiled: bool = False
 ) -> dict[str, Any]:
@@ -215,21 +210,7 @@ def bench_config(
         pyro.clear_param_store()
         methods["pyro_trace"] = _pyro(copy.deepcopy(base), meanfield=False)
         methods["pyro_meanfield"] = _pyro(copy.deepcopy(base), meanfield=True)
-    gen = torch.Generator().manual_seed(seed)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    order = list(methods)
-    shuffle = random.Random(seed)
-    for round_ in range(repeats + 1):  # round 0 is an untimed warm-up of every method
-        shuffle.shuffle(order)
-        batches = _batches(data, batch, steps + 1, gen)
-        for name in order:
-            run = methods[name]
-            run(batches[0])  # warm-up: caches, allocator, optimiser state
-            started = time.perf_counter()
-            for x in batches[1:]:
-                run(x)
-            if round_ > 0:
-                times[name].append((time.perf_counter() - started) / steps * 1e3)
+    times = timed_rounds(methods, data, batch, steps=steps, repeats=repeats, seed=seed)
     if os.environ.get("TRAIN_STEP_ROUNDS"):
         print(arch, batch, {n: [round(t, 2) for t in v] for n, v in times.items()}, file=sys.stderr)
     rate = gemm_gflops()

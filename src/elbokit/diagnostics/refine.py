@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from elbokit.diagnostics.refine_flow import refine_flow
-from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
+from elbokit.diagnostics.refine_flow import check_refine_arguments, refine_flow
+from elbokit.estimators._weights import guide_distribution, log_likelihood_samples, log_weights
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.guides import FlowDistribution, gaussian
 from elbokit.models.base import FixedGuide, Guide, LatentModel
@@ -134,13 +134,7 @@ def refine_with_trace(
     family: Family | None = None,
 ) -> Refined:
     """:func:`refine`, also returning the number of steps taken and the trace of the bound."""
-    check_positive_int("steps", steps)
-    check_positive_int("samples", samples)
-    check_positive_int("window", window)
-    if not lr > 0 or not min_lr > 0:
-        raise ValueError(f"lr and min_lr must be > 0, got {lr} and {min_lr}")
-    if not 0 < decay < 1:
-        raise ValueError(f"decay must be in (0, 1), got {decay}")
+    check_refine_arguments(steps=steps, samples=samples, window=window, lr=lr, min_lr=min_lr, decay=decay)
     prior = model.prior()
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)

@@ -30,6 +30,17 @@ from elbokit.models.base import Guide, LatentModel
 FLOW_LR_FACTOR = 0.1
 
 
+def check_refine_arguments(*, steps: int, samples: int, window: int, lr: float, min_lr: float, decay: float) -> None:
+    """ValueError for a refinement setting out of range (shared by the Gaussian and the flow refinement)."""
+    check_positive_int("steps", steps)
+    check_positive_int("samples", samples)
+    check_positive_int("window", window)
+    if not lr > 0 or not min_lr > 0:
+        raise ValueError(f"lr and min_lr must be > 0, got {lr} and {min_lr}")
+    if not 0 < decay < 1:
+        raise ValueError(f"decay must be in (0, 1), got {decay}")
+
+
 def local_flow_start(guide: Guide, x: Tensor, q0: torch.distributions.Distribution, *, transforms: int) -> LocalFlow:
     """The LocalFlow refinement starts from: the amortized flow itself, or a Gaussian q with the identity flow."""
     if isinstance(guide, AmortizedFlow):
@@ -64,13 +75,7 @@ def refine_flow(
         (the optimised LocalFlow, its parameters frozen; the steps taken; the (steps,) trace of the batch-mean
         bound).
     """
-    check_positive_int("steps", steps)
-    check_positive_int("samples", samples)
-    check_positive_int("window", window)
-    if not lr > 0 or not min_lr > 0:
-        raise ValueError(f"lr and min_lr must be > 0, got {lr} and {min_lr}")
-    if not 0 < decay < 1:
-        raise ValueError(f"decay must be in (0, 1), got {decay}")
+    check_refine_arguments(steps=steps, samples=samples, window=window, lr=lr, min_lr=min_lr, decay=decay)
     prior = model.prior()
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)
