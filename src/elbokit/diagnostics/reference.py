@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.distributions import Distribution, MultivariateNormal
 
 from elbokit.diagnostics.evidence import ais
-from elbokit.diagnostics.refine import as_full_gaussian, refine
+from elbokit.diagnostics.refine import FULL_LR, as_full_gaussian, refine
 from elbokit.distributions.mixture import DefensiveMixture
 from elbokit.estimators.marginal import log_marginal
 from elbokit.models.base import FixedGuide, Guide, LatentModel
@@ -68,7 +68,7 @@ def refined_proposal(
     x: Tensor,
     *,
     steps: int = 300,
-    lr: float = 0.05,
+    lr: float = FULL_LR,
     samples: int = 16,
     family_q: Distribution | None = None,
 ) -> DefensiveMixture:

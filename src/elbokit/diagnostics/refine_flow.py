@@ -54,7 +54,7 @@ def refine_flow(
     x: Tensor,
     *,
     steps: int = 200,
-    lr: float = 0.05,
+    lr: float = 0.003,
     samples: int = 16,
     window: int = 20,
     tol: float = 1e-3,
@@ -68,7 +68,10 @@ def refine_flow(
         model: p(z) and p(x|z); its parameters receive no gradient.
         guide: the guide whose q(z|x) is the start (an AmortizedFlow, or any Gaussian guide).
         x: (B, *event) data.
-        steps, lr, samples, window, tol, decay, min_lr: as in :func:`elbokit.diagnostics.refine`.
+        steps, lr, samples, window, tol, decay, min_lr: as in :func:`elbokit.diagnostics.refine`, but ``lr``
+            0.003: on the demo's MNIST VAE (50 test images, 300 steps) 0.05 took the refined mean-field q*
+            from -97.45 to -97.65 (its first steps undo the start), 0.01 to -96.23 and 0.003 to -96.13; from
+            the amortized flow (-102.55) they reached -97.15, -96.83 and -96.57.
         transforms: K for a Gaussian start (an AmortizedFlow keeps its own).
 
     Returns:
