@@ -145,7 +145,7 @@ def rate_distortion(
         kl = analytic_kl(q, prior)
         if kl is None:  # sampled: log q(z|x) - log p(z) at the same draws as the distortion
             sampled = True
-            terms = log_weights(model, q, xb, samples, prior=prior)
+            terms = log_weights(model, q, xb, samples, path="score", prior=prior)  # no gradient needed
             log_px_given_z, kl_samples = terms.log_px_given_z, terms.log_qz - terms.log_pz  # (K, B) each
             kl = kl_samples.mean(0)
             if samples > 1:
