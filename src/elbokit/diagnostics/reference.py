@@ -13,11 +13,14 @@ proposal here is instead
 with N(μ*, Σ*) the best full-covariance Gaussian per data point (refined by the ELBO from the family's q*,
 whatever the family), slightly widened (c_1 = 1.1: the ELBO's optimum under-disperses, since the reverse KL
 it minimises penalises mass where the posterior has little), a wider copy (c_2 = 1.5, α_w = 0.2) that bounds
-the weights' tail defensively (Hesterberg 1995), and, for a family that is not Gaussian (a flow), its own q*
-(α_f = 0.2). Where the posterior is Gaussian (the linear-Gaussian model) N(μ*, Σ*) is exact, every weight is
-bounded, p(x, z) / r(z) <= c_1^d p(x) / (1 - α_w - α_f), and the estimate is exact up to a small standard error.
-On the demo's MNIST VAE (d = 50), 300 refinement steps at lr 0.05 leave k̂ > 0.7 on 4 of 200 test points,
-against 187 of 200 with the encoder's q as proposal (``benchmarks/gap_table.py``). Where even r is too narrow
+the weights' tail defensively (Hesterberg 1995), and optionally (``family_q``, α_f = 0.2, else 0) a
+non-Gaussian family's own q*. :func:`elbokit.diagnostics.gaps` leaves that last one out: a flow's density at
+the other components' draws costs d sequential passes per step, and k = 5000 such evaluations per point are too
+many. Where the posterior is Gaussian (the linear-Gaussian model) N(μ*, Σ*) is exact, every weight is bounded,
+p(x, z) / r(z) <= c_1^d p(x) / (1 - α_w - α_f), and the estimate is exact up to a small standard error. On the
+demo's MNIST VAE (d = 50), refining the encoder's q for 300 steps at lr 0.05 leaves k̂ > 0.7 on 5 of its first
+200 test images, against 186 of 200 with the encoder's q as proposal (``benchmarks/gap_table.py``; from the
+refined mean-field q*, as the gaps do, on 2). Where even r is too narrow
 the Pareto k̂ of its weights says so; annealed importance sampling started from r (``method="ais"``) then moves
 the draws toward the posterior.
 
