@@ -383,6 +383,11 @@ def test_iwae_curve_with_error_bars_and_reference_lines(trained: Trained) -> Non
     assert references == [[log_px[0]] * 2, [ais_px[0]] * 2]
     texts = _legend_texts(ax)
     assert len(texts) == 3 and all("±2 se" in t for t in texts) and "AIS" in texts[1]
+    refined = (log_px[0] + 0.5, 0.01)  # the gaps' reference: a third level
+    (with_reference,) = plots.iwae_curve(points, log_px=log_px, ais=ais_px, reference=refined).axes
+    levels = [list(h.get_ydata()) for h in with_reference.get_lines() if h.get_linestyle() == "--"]
+    assert levels == [[log_px[0]] * 2, [ais_px[0]] * 2, [refined[0]] * 2]
+    assert "refined proposal" in _legend_texts(with_reference)[2]
     bands = [c for c in ax.patches]
     assert len(bands) == 2
     _png(fig)

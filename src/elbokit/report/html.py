@@ -118,7 +118,8 @@ CAPTIONS: dict[str, tuple[str, str]] = {
     "gaps": ("Where the bound loses", "From log p(x) down to the encoder's ELBO: the approximation gap is the "
              "family's, the amortization gap the encoder's; the last bar is the noise of a one-draw ELBO."),
     "iwae": ("log p(x) against k", "IWAE_k rises towards log p(x) as k grows; if it is still rising at the last k, "
-             "or AIS lies above the line, the importance-sampled log p(x) is short."),
+             "or AIS or the refined proposal's estimate lies above the encoder's line, that importance-sampled "
+             "log p(x) is short."),
     "rate-distortion": ("Rate and distortion", "One model per β (Alemi et al. 2018): each sits on its ELBO line "
                         "R + D = -ELBO; small β buys low distortion with a high rate."),
     "rate-distortion-one": ("Rate and distortion", "This model on the rate-distortion plane, with its ELBO line "
@@ -180,7 +181,9 @@ def _sections(run: Run, d: Mapping[str, Any], history: Sequence[Mapping[str, Any
     add("gaps", lambda: plots.gap_waterfall(summary))
     curve = [CurvePoint(int(p["k"]), float(p["value"]), float(p["stderr"])) for p in d["iwae"]]
     ais = (float(d["ais"]["value"]), float(d["ais"]["stderr"])) if "ais" in d else None
-    add("iwae", lambda: plots.iwae_curve(curve, log_px=(d["log_px"], d["log_px_stderr"]), ais=ais))
+    reference = (float(d["gaps"]["log_px"]), float(d["gaps"]["log_px_stderr"]))
+    add("iwae", lambda: plots.iwae_curve(curve, log_px=(d["log_px"], d["log_px_stderr"]), ais=ais,
+                                         reference=reference))  # fmt: skip
     if sweep:
         add("rate-distortion", lambda: plots.rate_distortion(sweep))
     else:

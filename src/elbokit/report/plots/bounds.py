@@ -133,6 +133,7 @@ def iwae_curve(
     *,
     log_px: tuple[float, float] | None = None,
     ais: tuple[float, float] | None = None,
+    reference: tuple[float, float] | None = None,
 ) -> Figure:
     """IWAE_k against k (log axis) with ±2 standard-error bars, and reference lines for log p̂(x).
 
@@ -143,6 +144,8 @@ def iwae_curve(
         points: the curve, e.g. from :func:`elbokit.diagnostics.iwae_curve`.
         log_px: (value, stderr) of an importance-sampled log p̂(x), drawn as a line with a ±2 stderr band.
         ais: (value, stderr) of an AIS estimate of log p(x), drawn likewise.
+        reference: (value, stderr) of log p̂(x) importance-sampled from the refined full-covariance proposal
+            (the gaps' reference, :func:`elbokit.diagnostics.refined_proposal`), drawn likewise.
 
     Raises:
         ValueError: for no points or a k < 1.
@@ -164,12 +167,13 @@ def iwae_curve(
         capsize=3,
         label=r"IWAE$_k$ (mean over points, ±2 se)",
     )
-    for reference, name, colour in (
-        (log_px, r"$\log \hat p(x)$, importance-sampled", "C1"),
+    for level, name, colour in (
+        (log_px, r"$\log \hat p(x)$, importance-sampled from q(z|x)", "C1"),
         (ais, r"$\log \hat p(x)$, AIS", "C2"),
+        (reference, r"$\log \hat p(x)$, refined proposal", "C3"),
     ):
-        if reference is not None:
-            value, stderr = reference
+        if level is not None:
+            value, stderr = level
             ax.axhline(value, color=colour, linestyle="--", label=f"{name} (±2 se band)")
             ax.axhspan(value - 2 * stderr, value + 2 * stderr, color=colour, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
