@@ -97,5 +97,10 @@ def test_diagnose_and_report_a_flow_run(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "ELBO (sampled KL)" in table and "(flow q*" in table and "Gaussian moment match" in table
+    for proposal in ("refined", "encoder"):
+        argv = ["evaluate", str(run), "--k", "100", "--limit", "20", "--refine-steps", "30", "--proposal", proposal]
+        assert main([*argv, "--json"]) == 0
+        e = json.loads(capsys.readouterr().out)
+        assert e["proposal"] == proposal and e["kl_method"] == "mc" and e["log_px"] > e["elbo"]
     assert main(["report", str(run), "--k", "100", "--limit", "30"]) == 0
     assert (run / "report.html").read_text(encoding="utf-8").count("ELBO (sampled KL)") == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributions import Distribution
 
 from elbokit import diagnostics as dx
 from elbokit.cli_args import _number_list, _positive_int
@@ -21,7 +19,7 @@ from elbokit.diagnostics.reference import ReferenceMethod
 from elbokit.diagnostics.refine import as_full_gaussian
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
-from elbokit.models.base import Guide
+from elbokit.models.base import FixedGuide
 from elbokit.runs import open_run, write_json
 
 DIAGNOSTICS = "diagnostics.json"
@@ -45,11 +43,6 @@ def add_diagnose_command(commands: Any) -> None:
                    "defensively (is, default), or AIS started there (ais; --ais STEPS temperatures, default 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
-def _moment_match(guide: Guide, x: torch.Tensor) -> Distribution:
-    """The guide's q(z|x) as the full-covariance Gaussian of its sampled mean and covariance."""
-    return as_full_gaussian(guide(x))
 
 
 def _mean(t: torch.Tensor) -> float:
@@ -100,7 +93,7 @@ def diagnose(run_dir: Path, *, k: int, limit: int, split: str, refine_steps: int
         # flow's q lacks (its density at another point's z costs d sequential passes): its Gaussian moment
         # match stands in for it there, and the results say so.
         moment_matched = g.family == "flow"
-        gaussian_guide = functools.partial(_moment_match, guide) if moment_matched else guide
+        gaussian_guide = FixedGuide(as_full_gaussian(guide(x))) if moment_matched else guide
         c = dx.collapse(model, gaussian_guide, x)
         s = dx.surgery(model, gaussian_guide, x)
     out["collapse_q"] = "gaussian moment match of the flow q" if moment_matched else "q"
