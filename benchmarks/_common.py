@@ -12,8 +12,11 @@ import torch
 from torch import Tensor, nn
 
 import elbokit as ek
+from elbokit.config import RunConfig
 from elbokit.models import VAE
 from elbokit.train.loop import epoch_generator
+from elbokit.train.schedules import parse_schedule
+from elbokit.train.step import TrainStep, make_optimizer, unvalidated
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,17 @@ def timed_rounds(
             if round_ > 0:
                 times[name].append((time.perf_counter() - started) / steps * 1e3)
     return times
+
+
+def elbokit_step(vae: VAE, batch: int) -> Callable[[Tensor], None]:
+    """One step of elbokit's trainer (TrainStep, Adam at lr 1e-3, argument checks off), as ``elbokit.fit`` takes it."""
+    config = RunConfig(batch_size=batch, lr=1e-3)
+    params = list(vae.parameters())
+    step = TrainStep(vae, vae.encoder, config, parse_schedule("constant", steps_per_epoch=1), params=params,
+                     optimizer=make_optimizer(params, config.lr))  # fmt: skip
+
+    def run(x: Tensor) -> None:
+        with unvalidated():
+            step(x)
+
+    return run

@@ -44,33 +44,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import zuko
-from _common import timed_rounds
+from _common import elbokit_step, timed_rounds
 from torch import Tensor
 from zuko.distributions import DiagNormal, NormalizingFlow
 from zuko.transforms import ComposedTransform
 
-from elbokit.config import RunConfig
 from elbokit.data import load
 from elbokit.models import VAE
-from elbokit.train.schedules import parse_schedule
-from elbokit.train.step import TrainStep, make_optimizer, unvalidated
 
 Step = Callable[[Tensor], None]
 HIDDEN, LATENT, TRANSFORMS = (200, 200), 50, 4
 METHODS = ("gaussian", "flow", "bare_flow", "bare_flow_fused")
-
-
-def _elbokit(vae: VAE, batch: int) -> Step:
-    config = RunConfig(batch_size=batch, lr=1e-3)
-    params = list(vae.parameters())
-    step = TrainStep(vae, vae.encoder, config, parse_schedule("constant", steps_per_epoch=1), params=params,
-                     optimizer=make_optimizer(params, config.lr))  # fmt: skip
-
-    def run(x: Tensor) -> None:
-        with unvalidated():
-            step(x)
-
-    return run
 
 
 def _bare_flow(vae: VAE, *, fused: bool) -> Step:
@@ -106,8 +90,8 @@ def bench_config(batch: int, data: Tensor, *, steps: int, repeats: int, seed: in
     torch.manual_seed(seed)
     flow = VAE.mlp(784, LATENT, hidden=HIDDEN, likelihood="bernoulli", guide="flow", transforms=TRANSFORMS).float()
     methods: dict[str, Step] = {
-        "gaussian": _elbokit(gaussian, batch),
-        "flow": _elbokit(copy.deepcopy(flow), batch),
+        "gaussian": elbokit_step(gaussian, batch),
+        "flow": elbokit_step(copy.deepcopy(flow), batch),
         "bare_flow": _bare_flow(copy.deepcopy(flow), fused=False),
         "bare_flow_fused": _bare_flow(copy.deepcopy(flow), fused=True),
     }

@@ -58,14 +58,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import timed_rounds
+from _common import elbokit_step, timed_rounds
 from torch import Tensor, nn
 
-from elbokit.config import RunConfig
 from elbokit.data import load
 from elbokit.models import VAE
-from elbokit.train.schedules import parse_schedule
-from elbokit.train.step import TrainStep, make_optimizer, unvalidated
 
 try:
     import pyro
@@ -77,19 +74,6 @@ except ImportError:  # pragma: no cover
 
 ARCHITECTURES = {"784-400-20": ((400,), 20), "784-200-200-50": ((200, 200), 50)}
 Step = Callable[[Tensor], None]
-
-
-def _elbokit(vae: VAE, batch: int) -> Step:
-    config = RunConfig(batch_size=batch, lr=1e-3)
-    params = list(vae.parameters())
-    step = TrainStep(vae, vae.encoder, config, parse_schedule("constant", steps_per_epoch=1), params=params,
-                     optimizer=make_optimizer(params, config.lr))  # fmt: skip
-
-    def run(x: Tensor) -> None:
-        with unvalidated():
-            step(x)
-
-    return run
 
 
 def _bare(vae: VAE, *, fused: bool, compiled: bool = False) -> Step:
@@ -199,7 +183,7 @@ def bench_config(
     torch.manual_seed(seed)
     base = VAE.mlp(784, latent, hidden=hidden, likelihood="bernoulli").float()
     methods: dict[str, Step] = {
-        "elbokit": _elbokit(copy.deepcopy(base), batch),
+        "elbokit": elbokit_step(copy.deepcopy(base), batch),
         "bare": _bare(copy.deepcopy(base), fused=False),
         "bare_fused": _bare(copy.deepcopy(base), fused=True),
         "matmuls": _matmuls(base, batch),
