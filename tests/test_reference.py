@@ -22,7 +22,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from conftest import Z
 from elbokit.diagnostics.gaps import gaps
-from elbokit.diagnostics.reference import defensive_proposal, reference_log_px
+from elbokit.diagnostics.reference import defensive_proposal, reference_log_px, refined_proposal
 from elbokit.distributions.mixture import DefensiveMixture
 from elbokit.models import VAE, LinearGaussian
 
@@ -151,3 +151,26 @@ def test_defensive_mixture_density_and_draws() -> None:
 def test_defensive_mixture_bad_arguments(components: list, weights: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DefensiveMixture(components, weights)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, g, x: gaps(m, g, x, family="nonsense"), "family must be 'diagonal', 'full' or 'flow'"),
+        (lambda m, g, x: gaps(m, g, x, reference="exact"), "reference must be 'is' or 'ais'"),
+        (lambda m, g, x: gaps(m, g, x, k=0), "k must be an integer >= 1"),
+        (lambda m, g, x: gaps(m, g, x, steps=0), "steps must be an integer >= 1"),
+        (lambda m, g, x: refined_proposal(m, g, x, steps=0), "steps must be an integer >= 1"),
+        (lambda m, g, x: refined_proposal(m, g, x, lr=-1.0), "lr and min_lr must be > 0"),
+        (lambda m, g, x: reference_log_px(m, x, g(x), method="ais", chains=1), "chains >= 2"),
+        (lambda m, g, x: reference_log_px(m, x, g(x), method="exact"), "reference must be 'is' or 'ais'"),
+        (lambda m, g, x: gaps(m, g, x[:, :3]), "event shape"),
+        (lambda m, g, x: gaps(m, g, torch.full_like(x, math.nan)), "finite"),
+    ],
+)
+def test_reference_bad_arguments(call: object, message: str) -> None:
+    """Bad input to the gaps and their reference: one ValueError naming the problem, before any work."""
+    model, x = _hard_instance(0, 0.3)
+    q = Independent(Normal(torch.zeros(8, 4), torch.ones(8, 4)), 1)
+    with pytest.raises(ValueError, match=message):
+        call(model, lambda _: q, x)  # type: ignore[operator]
