@@ -72,3 +72,13 @@ def make_model() -> Callable[..., LinearGaussian]:
         return random_linear_gaussian(torch.Generator().manual_seed(seed), data_dim, latent_dim, noise)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-tensor work (AIS chains): extra threads only contend for the 2
+    shared cores. Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

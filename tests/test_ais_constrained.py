@@ -15,7 +15,6 @@ a stderr of 0.02 to 0.13. So no bias allowance is added.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -44,13 +43,7 @@ from elbokit.types import Estimate
 STEPS, LEAPFROG, CHAINS = 200, 5, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The chains are tiny tensors: extra threads only contend for the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the chains are tiny tensors
 
 
 class BetaBernoulli:
@@ -125,14 +118,14 @@ def conjugate(request: pytest.FixtureRequest) -> Data:
 
 
 @pytest.fixture(scope="module")
-def forward(conjugate: Data, _one_thread: None) -> Estimate:
+def forward(conjugate: Data, one_thread: None) -> Estimate:
     """AIS from the prior."""
     gen = torch.Generator().manual_seed(1)
     return ais(conjugate.model, conjugate.x, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, generator=gen)
 
 
 @pytest.fixture(scope="module")
-def reverse(conjugate: Data, _one_thread: None) -> Estimate:
+def reverse(conjugate: Data, one_thread: None) -> Estimate:
     """BDMC from the exact posterior samples."""
     gen = torch.Generator().manual_seed(2)
     return bdmc(conjugate.model, conjugate.x, conjugate.z, steps=STEPS, leapfrog=LEAPFROG, generator=gen)

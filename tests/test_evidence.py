@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,14 +25,7 @@ from elbokit.diagnostics.evidence import ais, bdmc, iwae_curve, pareto_khat, sig
 from elbokit.estimators._pareto import khat_from_top, merge_top, tail_length
 from elbokit.models import LinearGaussian
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """The chains are tiny tensors: extra threads only contend for the 2 shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the chains are tiny tensors
 
 
 def _scaled_posterior_guide(model: LinearGaussian, scale: float) -> Callable[[Tensor], Distribution]:
@@ -173,7 +166,7 @@ def test_log_marginal_khat_is_the_same_chunked(make_model, monkeypatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def sandwich(_one_thread: None) -> dict[str, object]:
+def sandwich(one_thread: None) -> dict[str, object]:
     """AIS and BDMC at 10 and 200 temperatures, 32 chains, 6 simulated points of a D=5, d=2 model."""
     model = random_linear_gaussian(torch.Generator().manual_seed(0))
     for p in model.parameters():

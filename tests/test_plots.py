@@ -48,13 +48,7 @@ def _config(**kw: Any) -> ek.RunConfig:
     return ek.RunConfig(**values)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: more threads only add spinning on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only fight on shared cores
 
 
 @pytest.fixture(scope="module")

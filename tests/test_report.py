@@ -8,12 +8,10 @@ import base64
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 
 from elbokit.cli import main
 
@@ -25,12 +23,7 @@ FAST = ("--k", "50", "--limit", "60")
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base", "embed", "param", "track"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only fight on shared cores
 
 
 @pytest.fixture(scope="module")
