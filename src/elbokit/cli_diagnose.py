@@ -23,6 +23,7 @@ from elbokit.models.base import FixedGuide
 from elbokit.runs import open_run, write_json
 
 DIAGNOSTICS = "diagnostics.json"
+SWEEP = "sweep"  # DIR/sweep/beta-B run folders and DIR/sweep.json
 
 
 def add_diagnose_command(commands: Any) -> None:
@@ -144,6 +145,14 @@ def _table(r: dict[str, Any]) -> str:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from elbokit.cli_run import check_duration
+    from elbokit.runs import evaluation_seconds
+
+    run = open_run(args.run)
+    n = run.data.split(args.split)[: args.limit].shape[0]
+    # The log p(x) of the encoder and the gaps' reference each cost about one refined evaluation at this k.
+    seconds = 2 * evaluation_seconds(run, k=args.k, n=n, refine_steps=args.refine_steps)
+    check_duration(seconds, f"diagnose --k {args.k} on {n} points")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = diagnose(args.run, k=args.k, limit=args.limit, split=args.split, refine_steps=args.refine_steps,
@@ -172,14 +181,21 @@ def add_sweep_command(commands: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from elbokit.config import RunConfig
     from elbokit.diagnostics.rate_distortion import sweep
-    from elbokit.runs import CONFIG
+    from elbokit.rundir import locked
+    from elbokit.runs import CONFIG, holds_run
 
+    if not holds_run(args.run):
+        raise ValueError(f"{args.run} holds no run whose configuration a sweep could reuse")
     config = RunConfig.load(args.run / CONFIG)
     if args.epochs is not None:
         config = RunConfig.from_dict({**config.to_dict(), "epochs": args.epochs, "quiet": True})
-    points = sweep(config, args.beta, args.run / "sweep", k=args.k, limit=args.limit, overwrite=args.overwrite)
-    rows = [p._asdict() | {"path": str(p.path)} for p in points]
-    write_json(args.run / "sweep.json", rows)
+    out = args.run / SWEEP
+    if (out.exists() or (args.run / f"{SWEEP}.json").exists()) and not args.overwrite:
+        raise ValueError(f"{args.run} already holds a sweep ({SWEEP}.json, {SWEEP}/); pass --overwrite to replace it")
+    with locked(args.run, what="elbokit sweep"):
+        points = sweep(config, args.beta, out, k=args.k, limit=args.limit, overwrite=args.overwrite)
+        rows = [p._asdict() | {"path": str(p.path)} for p in points]
+        write_json(args.run / f"{SWEEP}.json", rows)
     if args.json:
         print(json.dumps(rows))
         return 0

@@ -24,25 +24,34 @@ from elbokit.cli_args import UsageError, _int_list, _number, _Parser, _positive_
 from elbokit.cli_diagnose import add_diagnose_command, add_sweep_command, cmd_diagnose, cmd_sweep
 from elbokit.cli_report import add_report_command, cmd_report, report
 from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
-from elbokit.data import available, download
+from elbokit.data import Dataset, available, download
+from elbokit.models import VAE
 from elbokit.runs import (
     CONFIG,
-    DATASET,
     EVALUATION,
+    MAX_EVALUATION_SECONDS,
     PROPOSALS,
     Run,
-    clear_run,
+    absolute_data,
+    check_data_file,
+    check_sample_size,
+    duration,
     evaluate,
+    evaluation_seconds,
     holds_run,
     image_shape,
+    is_data_file,
     load_data,
     new_model,
     open_run,
     write_images,
     write_json,
     write_pictures,
+    writing_run,
 )
 from elbokit.train import fit, resolve_device
+from elbokit.train.checkpoint import CHECKPOINT
+from elbokit.train.loop import check_resume
 
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 _FIELDS = {
@@ -115,6 +124,7 @@ def _add_run_commands(commands: Any) -> None:
     sa.add_argument("--out", type=Path, default=None, help="output .png or .npy (default RUN/samples.png)")
     sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sa.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing its mean")
+    sa.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     add_diagnose_command(commands)
     add_sweep_command(commands)
@@ -146,6 +156,9 @@ def _resume_config(args: argparse.Namespace, out: Path) -> RunConfig:
     given = {name: value for name, value in vars(args).items() if name in _FIELDS}
     if "hidden" in given:
         given["hidden"] = tuple(given["hidden"])
+    for name in ("data", "data_dir"):  # compared as the absolute paths the run keeps
+        if name in given and (name == "data_dir" or is_data_file(given[name])):
+            given[name] = str(Path(given[name]).expanduser().absolute())
     for name, value in given.items():
         if name not in ("epochs", "quiet", "device") and getattr(saved, name) != value:
             raise UsageError(f"--{name.replace('_', '-')} {value} differs from the run's {getattr(saved, name)!r}; "
@@ -166,18 +179,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise UsageError(f"--resume: {out} holds no run to resume")
     if holds_run(out) and not (resume or overwrite):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    config = _resume_config(args, out) if resume else _config_from_args(args)
+    config = _resume_config(args, out) if resume else absolute_data(_config_from_args(args))
     # Everything that can fail on bad input happens before anything in --out is touched.
     resolve_device(config.device)
+    if resume:
+        check_data_file(out, config)
     data = load_data(config)
     model = new_model(config, data)
-    if not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            clear_run(out)
-        write_json(out / CONFIG, config.to_dict())
-        write_json(out / DATASET, data.describe())
+    if resume:
+        check_resume(out, model, model.encoder, config)
     say = (lambda _text: None) if config.quiet else (lambda text: print(text, flush=True))
+    with writing_run(out, config, data, resume=resume, overwrite=overwrite) as writer:
+        if writer.aside is not None:
+            print(f"elbokit: the run {'replaced' if overwrite else 'an --overwrite replaced'} is kept in "
+                  f"{writer.aside} until this run writes its first checkpoint", file=sys.stderr)  # fmt: skip
+        if resume and not (out / CHECKPOINT).exists():
+            print(f"elbokit: {out} has no checkpoint yet (stopped before its first): starting from the beginning",
+                  file=sys.stderr)  # fmt: skip
+        return _train(args, out, config, data, model, resume=resume, on_checkpoint=writer.committed, say=say)
+
+
+def _train(args: argparse.Namespace, out: Path, config: RunConfig, data: Dataset, model: VAE, *, resume: bool,
+           on_checkpoint: Callable[[], None], say: Callable[[str], None]) -> int:  # fmt: skip
     say(f"fit: {data.name} ({data.train[: config.limit].shape[0]} training points, D={data.data_dim}) -> {out}")
 
     def on_epoch(m: dict[str, Any]) -> None:
@@ -187,7 +210,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = fit(model, model.encoder, data, config, out=out, resume=resume, on_epoch=on_epoch)
+        result = fit(model, model.encoder, data, config, out=out, resume=resume, on_epoch=on_epoch,
+                     on_checkpoint=on_checkpoint)  # fmt: skip
     for w in caught:
         print(f"elbokit: warning: {w.message}", file=sys.stderr)
     if result.stopped == "interrupted":
@@ -203,10 +227,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_duration(seconds: float, what: str) -> None:
+    """Refuse a computation estimated beyond :data:`MAX_EVALUATION_SECONDS`; announce one longer than a minute."""
+    if seconds > MAX_EVALUATION_SECONDS:
+        raise UsageError(f"{what} would take about {duration(seconds)} here (over the "
+                         f"{duration(MAX_EVALUATION_SECONDS)} the command line starts); give a smaller --k or --limit")
+    if seconds > 60:
+        print(f"elbokit: {what} will take about {duration(seconds)}", file=sys.stderr, flush=True)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = open_run(args.run)
+    n = run.data.split(args.split)[: args.limit].shape[0]
+    seconds = evaluation_seconds(run, k=args.k, n=n, proposal=args.proposal, refine_steps=args.refine_steps)
+    check_duration(seconds, f"evaluate --k {args.k} on {n} points")
     result = evaluate(run, k=args.k, split=args.split, limit=args.limit, seed=args.seed, proposal=args.proposal,
-                      refine_steps=args.refine_steps)  # fmt: skip
+                      refine_steps=args.refine_steps, progress=sys.stderr.isatty())  # fmt: skip
     write_json(run.path / EVALUATION, result.to_dict())
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -233,7 +269,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     run = open_run(args.run)
-    out = args.out if args.out is not None else run.path / "samples.png"
+    own = run.path / "samples.png"  # the run's own picture, which `fit` wrote: replaced freely
+    out = args.out if args.out is not None else own
     if out.suffix not in (".png", ".npy"):
         raise UsageError(f"--out must end in .png or .npy, got {out}")
     shape = image_shape(run.path)
@@ -241,6 +278,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"{run.config.data} is not image data: write samples with --out FILE.npy")
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder")
+    if out.exists() and not args.overwrite and out.resolve() != own.resolve():
+        raise UsageError(f"--out {out} exists; pass --overwrite to replace it")
+    check_sample_size(run, args.n, image=out.suffix == ".png")
     device = next(run.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = run.model.sample(args.n, generator=gen, mean=not args.draw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,17 +91,36 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError (one line) for a field out of range."""
+        """Check every field's type and range, and the fields against each other: ValueError (one line) naming
+        the field, what it takes and what it got. Numbers given as ints where floats are meant become floats;
+        ``hidden`` becomes a tuple. A TOML file, the CLI and Python get the same checks."""
+        for name in ("data", "activation", "likelihood", "guide", "objective", "gradient", "anneal", "lr_schedule",
+                     "device"):  # fmt: skip
+            _check_str(name, getattr(self, name))
+        for name in ("data_dir", "binarize"):
+            if getattr(self, name) is not None:
+                _check_str(name, getattr(self, name))
         for name in ("latent_dim", "k", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
+            _check_int(name, getattr(self, name), low=1)
+        for name in ("limit", "patience"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=1)
+        _check_int("seed", self.seed, low=0)
+        if self.seed >= 2**32:  # numpy's range; the per-epoch generators' seeds are derived from it
+            raise ValueError(f"seed must be an integer in 0..2**32 - 1, got {self.seed}")
+        self.hidden = _check_hidden(self.hidden)
+        self.beta = _check_float("beta", self.beta, low=0.0)
+        self.lr = _check_float("lr", self.lr, low=0.0, strict=True)
+        if self.clip is not None:
+            self.clip = _check_float("clip", self.clip, low=0.0, strict=True)
+        if not isinstance(self.quiet, bool):
+            raise ValueError(f"quiet must be true or false, got {self.quiet!r}")
+        _check_extra(self.extra)
+        if not self.data.strip():
+            raise ValueError("data must name a dataset or a file, got an empty string")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "iwae" and self.k < 2:
@@ -111,22 +131,22 @@ class RunConfig:
             raise ValueError(f"the {self.objective} objective takes gradient {choices}, got {self.gradient!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"clip must be > 0, got {self.clip}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1, got {self.patience}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.binarize not in (None, "dynamic", "fixed"):
             raise ValueError(f"binarize must be 'dynamic' or 'fixed', got {self.binarize!r}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
+        from elbokit.models.likelihoods import make_likelihood
+        from elbokit.train.schedules import parse_schedule
+
+        make_likelihood(self.likelihood, data_dim=1)
+        schedule = parse_schedule(self.anneal)
+        if self.objective == "iwae" and (schedule.kind != "constant" or self.beta != 1.0):
+            raise ValueError(f"β and annealing apply to the elbo objective; the iwae objective is the IWAE_k bound "
+                             f"(got beta {self.beta:g}, anneal {self.anneal!r})")  # fmt: skip
         guide = parse_guide(self.guide)
-        if (guide.kind, guide.covariance) != ("gaussian", "diagonal") and self.anneal.startswith("freebits"):
+        if (guide.kind, guide.covariance) != ("gaussian", "diagonal") and schedule.kind == "freebits":
             raise ValueError(f"free bits needs the diagonal Gaussian guide (a KL per dimension), got {self.guide!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,3 +198,47 @@ class RunConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} does not hold a run configuration")
         return cls.from_dict(values, source=str(path))
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
+
+
+def _check_str(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+
+
+def _check_int(name: str, value: object, *, low: int) -> None:
+    """An integer >= low; bools and floats (even 2.0) are refused: a count or seed is written as an integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+
+
+def _check_float(name: str, value: object, *, low: float, strict: bool = False) -> float:
+    """A finite real number >= low (> low when strict), as a float; bools and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
+    return value
+
+
+def _check_hidden(value: object) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"hidden must be a list of layer sizes (integers >= 1), got {value!r}")
+    for h in value:
+        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+            raise ValueError(f"hidden sizes must be integers >= 1, got {h!r} in {list(value)}")
+    return tuple(value)
+
+
+def _check_extra(value: object) -> None:
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise ValueError(f"extra must be a table of notes keyed by strings, got {value!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"extra must hold JSON values only: {err}") from None

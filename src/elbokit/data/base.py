@@ -6,6 +6,7 @@ Every dataset is three splits of flat float32 vectors, ``(N, D)``, with optional
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,10 +15,25 @@ from torch import Tensor
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 BINARIZE: tuple[str, ...] = ("none", "dynamic", "fixed")
 SUPPORTS: tuple[str, ...] = ("binary", "unit", "real")
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
 
 
 class DataError(ValueError):
-    """Bad data or a bad data request; the message is one line naming the problem and the file or name."""
+    """Bad data or a bad data request; the message is one line naming the problem and the file or name.
+
+    Line breaks in the message (from a file name, say) are escaped (``\\n``), so it stays one line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message.translate({ord(c): repr(c)[1:-1] for c in _LINE_BREAKS}))
+
+
+def expand_user(path: str | Path) -> Path:
+    """``Path(path).expanduser()``, with a DataError naming the path when ``~user`` names no user."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError as err:  # "Could not determine home directory."
+        raise DataError(f"cannot expand ~ in {path}: {err}") from err
 
 
 @dataclass(frozen=True)

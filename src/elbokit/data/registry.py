@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from elbokit.data.base import DataError, Dataset
+from elbokit.data.base import DataError, Dataset, expand_user
 from elbokit.data.files import load_file
 
 Loader = Callable[..., Dataset]
@@ -79,8 +79,8 @@ def load(
     name = str(name_or_path)
     loader = _REGISTRY.get(name)
     if loader is None:
-        path = Path(name).expanduser()
-        if path.suffix.lower() in FILE_SUFFIXES or path.exists():
+        path = expand_user(name)
+        if path.suffix.lower() in FILE_SUFFIXES or _exists(path):
             if binarize is not None or data_dir is not None:
                 option = "binarize" if binarize is not None else "data_dir"
                 raise DataError(f"{option} does not apply to a file ({name}); it applies to named datasets only")
@@ -101,3 +101,11 @@ def load(
     if "cache_dir" in params and cache_dir is not None:
         options["cache_dir"] = cache_dir
     return loader(**options)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, and False where the name cannot be a file (too long, a folder without permission)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False

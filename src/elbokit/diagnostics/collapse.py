@@ -19,7 +19,12 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from elbokit.diagnostics.surgery import surgery
-from elbokit.estimators._weights import guide_distribution
+from elbokit.estimators._weights import (
+    check_nonnegative,
+    check_positive_int,
+    guide_distribution,
+    model_prior,
+)
 from elbokit.models.base import Guide, LatentModel
 
 
@@ -73,13 +78,13 @@ def collapse(model: LatentModel, guide: Guide, x: Tensor, *, threshold: float = 
         Burda, Grosse & Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
         Hoffman & Johnson, "ELBO surgery", NIPS 2016 workshop.
     """
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    if x.dim() < 1 or x.shape[0] < 2:
-        raise ValueError(f"x needs at least 2 data points for a covariance over x, got shape {tuple(x.shape)}")
+    check_nonnegative("threshold", threshold)
+    check_positive_int("samples", samples)
+    prior = model_prior(model)
     with torch.no_grad():
-        prior = model.prior()
-        q = guide_distribution(model, guide, x, prior)
+        q = guide_distribution(model, guide, x, prior)  # checks x
+        if x.shape[0] < 2:
+            raise ValueError(f"x needs at least 2 data points for a covariance over x, got shape {tuple(x.shape)}")
         q_j = gaussian_marginals(q)  # batch (N, d)
         p_j = gaussian_marginals(prior)  # batch (d,)
         kl_per_dim = kl_divergence(q_j, p_j).mean(0)  # (d,)

@@ -43,7 +43,14 @@ from torch.distributions import Distribution
 from elbokit.diagnostics._ais import GeometricPath, anneal, sample_start, sigmoid_schedule
 from elbokit.diagnostics._unconstrained import latent_transform
 from elbokit.estimators._pareto import pareto_khat
-from elbokit.estimators._weights import check_positive_int, guide_distribution, log_mean_exp, log_weights
+from elbokit.estimators._weights import (
+    check_data,
+    check_positive_int,
+    guide_distribution,
+    log_mean_exp,
+    log_weights,
+    model_prior,
+)
 from elbokit.estimators.marginal import estimate_from_moments, weight_moments
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Estimate
@@ -59,9 +66,9 @@ class CurvePoint(NamedTuple):
     stderr: float
 
 
-def _check_x(x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.dim() < 2:
-        raise ValueError(f"x must be a torch.Tensor of shape (B, *event), got {getattr(x, 'shape', type(x))}")
+def _check_x(model: LatentModel, x: Tensor) -> None:
+    """x against the model (:func:`~elbokit.estimators._weights.check_data`): shape, dtype, device, support."""
+    check_data(model, None, x)
 
 
 def _start(model: LatentModel, x: Tensor, prior: Distribution, proposal: Guide | Distribution | None) -> Distribution:
@@ -135,7 +142,7 @@ def ais(
         ValueError: p(z) is discrete or its event shape is not (d,), or f_0 does not match x and p(z).
     """
     check_positive_int("chains", chains)
-    _check_x(x)
+    _check_x(model, x)
     with torch.no_grad():
         prior = model.prior()
         latent_transform(prior)  # checks the latent before anything is drawn
@@ -188,7 +195,9 @@ def bdmc(
         ValueError: p(z) is discrete or its event shape is not (d,), or z has the wrong shape or lies outside
             p(z)'s support.
     """
-    _check_x(x)
+    _check_x(model, x)
+    if not isinstance(z, Tensor) or z.dtype != x.dtype:
+        raise ValueError(f"z must be a tensor of x's dtype {x.dtype}, got {getattr(z, 'dtype', type(z).__name__)}")
     if z.dim() == 2:
         chains = 16 if chains is None else chains
         check_positive_int("chains", chains)
@@ -230,12 +239,13 @@ def iwae_curve(
     check_positive_int("repeats", repeats)
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 to estimate a standard error, got {repeats}")
+    for k in ks:
+        check_positive_int("k", k)
     points = []
     with torch.no_grad():
-        prior = model.prior()
+        prior = model_prior(model)
         q = guide_distribution(model, guide, x, prior)
         for k in ks:
-            check_positive_int("k", k)
             draws = torch.stack(
                 [
                     log_mean_exp(log_weights(model, q, x, k, path="score", prior=prior).log_w).mean()

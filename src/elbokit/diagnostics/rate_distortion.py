@@ -28,19 +28,26 @@ import torch
 from torch import Tensor
 
 from elbokit.config import RunConfig
-from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
+from elbokit.estimators._weights import (
+    check_data,
+    check_positive_int,
+    guide_distribution,
+    log_likelihood_samples,
+    log_weights,
+    model_prior,
+)
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.models.base import Guide, LatentModel
 from elbokit.runs import (
-    CONFIG,
-    DATASET,
     EVALUATION,
     Run,
+    absolute_data,
     evaluate,
     holds_run,
     load_data,
     new_model,
     write_json,
+    writing_run,
 )
 from elbokit.train.loop import fit
 
@@ -131,14 +138,12 @@ def rate_distortion(
     check_positive_int("samples", samples)
     if batch_size is not None:
         check_positive_int("batch_size", batch_size)
-    n = x.shape[0] if isinstance(x, Tensor) and x.dim() >= 1 else 0
-    if n < 1:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must hold at least one data point (B, *event), got {shape}")
+    prior = model_prior(model)
+    check_data(model, guide, x)  # all of x at once; each batch's guide_distribution below checks it again
+    n = x.shape[0]
     step = n if batch_size is None else batch_size
     rates, distortions, variances, rate_variances = [], [], [], []
     sampled = False
-    prior = model.prior()
     for start in range(0, n, step):
         xb = x[start : start + step]
         q = guide_distribution(model, guide, xb, prior)
@@ -242,19 +247,20 @@ def sweep(
     for d in dirs:
         if d is not None and holds_run(d) and not overwrite:
             raise ValueError(f"{d} already holds a run; pass overwrite=True to replace it")
+    config = absolute_data(config)
     data = load_data(config)
     points = []
     for b, run_dir in zip(betas, dirs, strict=True):
         cfg = dataclasses.replace(config, beta=b)
         model = new_model(cfg, data)
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / CONFIG, cfg.to_dict())
-            write_json(run_dir / DATASET, data.describe())
         with warnings.catch_warnings():
             # A constant β below 1 is the point of the sweep, not a mistake to warn about.
             warnings.filterwarnings("ignore", message="β is .* throughout")
-            fit(model, model.encoder, data, cfg, out=run_dir)
+            if run_dir is None:
+                fit(model, model.encoder, data, cfg)
+            else:
+                with writing_run(run_dir, cfg, data, overwrite=overwrite) as writer:
+                    fit(model, model.encoder, data, cfg, out=run_dir, on_checkpoint=writer.committed)
         model.eval()
         evaluation = evaluate(Run(run_dir or Path("."), cfg, data, model, {}), k=k, limit=limit, seed=cfg.seed,
                               proposal="encoder")

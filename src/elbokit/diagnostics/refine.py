@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from elbokit.diagnostics.refine_flow import check_refine_arguments, refine_flow
-from elbokit.estimators._weights import guide_distribution, log_likelihood_samples, log_weights
+from elbokit.estimators._weights import guide_distribution, log_likelihood_samples, log_weights, model_prior
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.guides import FlowDistribution, gaussian
 from elbokit.models.base import FixedGuide, Guide, LatentModel
@@ -138,7 +138,7 @@ def refine_with_trace(
 ) -> Refined:
     """:func:`refine`, also returning the number of steps taken and the trace of the bound."""
     check_refine_arguments(steps=steps, samples=samples, window=window, lr=lr, min_lr=min_lr, decay=decay)
-    prior = model.prior()
+    prior = model_prior(model)
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)
     if family == "flow" or (family is None and family_of(q0) == "flow"):

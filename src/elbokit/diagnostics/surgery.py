@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from elbokit.estimators._weights import check_positive_int, guide_distribution
+from elbokit.estimators._weights import check_positive_int, guide_distribution, model_prior
 from elbokit.estimators.elbo import analytic_kl
 from elbokit.models.base import Guide, LatentModel
 
@@ -117,8 +117,10 @@ def surgery(
         NIPS 2016 Workshop on Advances in Approximate Bayesian Inference.
     """
     check_positive_int("samples", samples)
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
     with torch.no_grad():
-        prior = model.prior()
+        prior = model_prior(model)
         q = guide_distribution(model, guide, x, prior)
         n = q.batch_shape[0]
         z = q.sample((samples,))  # (S, N, d)

@@ -32,7 +32,11 @@ from torch.distributions import Distribution
 from torch.utils.checkpoint import checkpoint
 
 from elbokit.distributions import detach_parameters, unvalidated
+from elbokit.models._checks import check_batch, check_values, dtype_and_device
+from elbokit.models._checks import check_nonnegative as check_nonnegative  # re-exported for the estimators
+from elbokit.models._checks import check_positive_int as check_positive_int
 from elbokit.models.base import Guide, LatentModel
+from elbokit.models.likelihoods import Likelihood
 
 Path = Literal["reparam", "score", "path"]
 
@@ -58,31 +62,48 @@ class LogWeights(NamedTuple):
         return self.log_px_given_z + self.log_pz - self.log_qz
 
 
-def check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def check_model(model: LatentModel) -> None:
+    """Raise unless ``model`` has the LatentModel protocol's methods (a guide passed as the model, say)."""
+    if not (callable(getattr(model, "prior", None)) and callable(getattr(model, "likelihood", None))):
+        raise ValueError(f"model must be a LatentModel with prior() and likelihood(z), got {type(model).__name__}")
+
+
+def model_prior(model: LatentModel) -> Distribution:
+    """p(z), after checking that ``model`` is a LatentModel."""
+    check_model(model)
+    return model.prior()
+
+
+def check_data(model: LatentModel, guide: Guide | None, x: Tensor) -> None:
+    """Check x against the model (and the guide, where given) before either sees it: a non-empty batch
+    (B, *event) of the model's event shape, dtype and device, and, while torch.distributions' argument checks
+    are on, finite and inside the likelihood's support.
+
+    The value checks cost a device-to-host sync; they follow torch.distributions' own switch
+    (``Distribution._validate_args``, off inside :func:`elbokit.distributions.unvalidated`), so the training loop,
+    which checks its data once when a run starts, pays only for the metadata checks here.
+    """
+    check_model(model)
+    model_dtype = dtype_and_device(model)
+    dtype, device = model_dtype if model_dtype is not None else (None, None)
+    check_batch(x, event_shape=getattr(model, "event_shape", None), dtype=dtype, device=device)
+    guide_dtype = None if guide is None else dtype_and_device(guide)  # the model's own encoder: the same
+    if guide_dtype is not None and guide_dtype != model_dtype:
+        check_batch(x, dtype=guide_dtype[0], device=guide_dtype[1], owner="the guide")
+    if Distribution._validate_args:
+        observation = getattr(model, "observation", None)
+        if isinstance(observation, Likelihood):
+            observation.check(x)  # finite and inside the support
+        else:
+            check_values(x)
 
 
 def guide_distribution(model: LatentModel, guide: Guide, x: Tensor, prior: Distribution | None = None) -> Distribution:
-    """Call the guide on x after checking x, and check that q matches x's batch and p(z)'s event
-    (``prior``: the model's p(z) if the caller already holds it)."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"x must have shape (B, *event) with a batch dimension, got shape {tuple(x.shape)}")
-    event_shape = getattr(model, "event_shape", None)
-    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
-        raise ValueError(
-            f"x must have event shape {tuple(event_shape)} for this model, got {tuple(x.shape[1:])} "
-            f"(x has shape {tuple(x.shape)})"
-        )
-    # The finiteness check costs a device-to-host sync; it follows torch.distributions' own switch
-    # (Distribution.set_default_validate_args(False) turns both off for speed).
-    if Distribution._validate_args and x.is_floating_point():
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ValueError(f"x must be finite, got {bad} NaN or infinite value(s) in x of shape {tuple(x.shape)}")
+    """Call the guide on x after checking x (:func:`check_data`), and check that q matches x's batch and p(z)'s
+    event (``prior``: the model's p(z) if the caller already holds it)."""
+    if not callable(guide):
+        raise ValueError(f"guide must be a callable x -> q(z|x), got {type(guide).__name__}")
+    check_data(model, guide, x)
     q = guide(x)
     if not isinstance(q, Distribution):
         raise ValueError(f"the guide must return a torch Distribution, got {type(q).__name__}")

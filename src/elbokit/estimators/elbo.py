@@ -26,10 +26,12 @@ from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
 from elbokit.estimators._weights import (
+    check_nonnegative,
     check_positive_int,
     guide_distribution,
     log_likelihood_samples,
     log_weights,
+    model_prior,
 )
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Bound, KLMethod
@@ -88,7 +90,7 @@ def elbo(
         samples: K, draws of z per data point.
         kl: ``"analytic"`` (closed form, error if none is registered), ``"mc"`` (sampled) or ``"auto"``
             (closed form where registered; sampled for ``gradient="stl"``, which is defined on the sampled form).
-        beta: weight of the KL term, >= 0 (β-VAE, Higgins et al. 2017; KL annealing).
+        beta: weight of the KL term, a finite number >= 0 (β-VAE, Higgins et al. 2017; KL annealing).
         gradient: ``"reparam"``, ``"score"`` or ``"stl"``.
         chunk_size: samples per chunk for large K (``None``: chosen from the data size).
 
@@ -96,8 +98,7 @@ def elbo(
         Bound with ``value``, ``reconstruction``, ``kl`` of shape (B,); ``kl_method`` says which KL was used.
     """
     check_positive_int("samples", samples)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-        raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+    check_nonnegative("beta", beta)
     if kl not in ("analytic", "mc", "auto"):
         raise ValueError(f"kl must be 'analytic', 'mc' or 'auto', got {kl!r}")
     if gradient not in ("reparam", "score", "stl"):
@@ -105,7 +106,7 @@ def elbo(
     if gradient == "stl" and kl == "analytic":
         raise ValueError("gradient='stl' is defined on the sampled KL: use kl='mc' or kl='auto'")
 
-    prior = model.prior()
+    prior = model_prior(model)
     q = guide_distribution(model, guide, x, prior)
     closed_form = None if kl == "mc" or gradient == "stl" else analytic_kl(q, prior)
     if kl == "analytic" and closed_form is None:

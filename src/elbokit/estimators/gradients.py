@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from elbokit.estimators._weights import check_positive_int
 from elbokit.estimators.elbo import KLChoice, elbo
 from elbokit.estimators.iwae import iwae
 from elbokit.models.base import Guide, LatentModel
@@ -88,25 +89,32 @@ def gradient_variance(
     Returns:
         One GradientStats per estimator, keyed by its name, over the P = total size of ``params``.
     """
-    if repeats < 2:
-        raise ValueError(f"repeats must be >= 2, got {repeats}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
+    check_positive_int("samples", samples)
+    if isinstance(params, Tensor) or not isinstance(params, Sequence):
+        raise ValueError(f"params must be a sequence of tensors, got {type(params).__name__}")
     if not params:
-        raise ValueError("params must name at least one tensor")
+        raise ValueError("params must name at least one tensor, got an empty sequence")
     if objective not in ("elbo", "iwae"):
         raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
     params = list(params)
-    for p in params:
-        if not p.requires_grad:
-            raise ValueError("every tensor in params must have requires_grad=True")
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor) or not p.requires_grad:
+            given = "a tensor with requires_grad=False" if isinstance(p, Tensor) else type(p).__name__
+            raise ValueError(f"every entry of params must be a tensor with requires_grad=True, got {given} at {i}")
+    if isinstance(gradients, str) or not isinstance(gradients, Sequence) or not gradients:
+        raise ValueError(f"gradients must be a non-empty sequence of estimator names, got {gradients!r}")
+    valid = ("reparam", "stl", "dreg") if objective == "iwae" else ("reparam", "score", "stl")
+    for gradient in gradients:
+        if gradient not in valid:
+            names = f"'{valid[0]}', '{valid[1]}' or '{valid[2]}'"
+            raise ValueError(f"{objective.upper()} gradient must be {names}, got {gradient!r}")
 
     def bound(gradient: Gradient) -> Bound:
         if objective == "iwae":
-            if gradient not in ("reparam", "stl", "dreg"):
-                raise ValueError(f"IWAE gradient must be 'reparam', 'stl' or 'dreg', got {gradient!r}")
-            return iwae(model, guide, x, k=samples, gradient=gradient)
-        if gradient not in ("reparam", "score", "stl"):
-            raise ValueError(f"ELBO gradient must be 'reparam', 'score' or 'stl', got {gradient!r}")
-        return elbo(model, guide, x, samples=samples, kl=kl, gradient=gradient)
+            return iwae(model, guide, x, k=samples, gradient=gradient)  # type: ignore[arg-type]
+        return elbo(model, guide, x, samples=samples, kl=kl, gradient=gradient)  # type: ignore[arg-type]
 
     stats: dict[Gradient, GradientStats] = {}
     for gradient in gradients:

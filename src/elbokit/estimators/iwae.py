@@ -24,7 +24,13 @@ from typing import Literal
 
 from torch import Tensor
 
-from elbokit.estimators._weights import check_positive_int, guide_distribution, log_mean_exp, log_weights
+from elbokit.estimators._weights import (
+    check_positive_int,
+    guide_distribution,
+    log_mean_exp,
+    log_weights,
+    model_prior,
+)
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Bound
 
@@ -64,7 +70,7 @@ def iwae(
     check_positive_int("k", k)
     if gradient not in ("reparam", "stl", "dreg"):
         raise ValueError(f"gradient must be 'reparam', 'stl' or 'dreg' for IWAE, got {gradient!r}")
-    prior = model.prior()
+    prior = model_prior(model)
     q = guide_distribution(model, guide, x, prior)
 
     hooks: dict[str, Tensor] = {}

@@ -26,7 +26,13 @@ from torch import Tensor
 
 from elbokit.distributions import unvalidated
 from elbokit.estimators._pareto import KHAT_THRESHOLD, khat_from_top, merge_top, tail_length
-from elbokit.estimators._weights import check_positive_int, default_chunk, guide_distribution, log_weights
+from elbokit.estimators._weights import (
+    check_positive_int,
+    default_chunk,
+    guide_distribution,
+    log_weights,
+    model_prior,
+)
 from elbokit.models.base import Guide, LatentModel
 from elbokit.types import Estimate
 
@@ -102,12 +108,14 @@ def log_marginal(
     check_positive_int("k", k)
     if k < 2:
         raise ValueError(f"k must be >= 2 to estimate a standard error, got {k}")
-    chunk = default_chunk(k, x) if chunk_size is None else chunk_size
-    check_positive_int("chunk_size", chunk)
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
     tail = tail_length(k) + 1  # the M largest weights and the cut-off below them
     with torch.no_grad():
-        prior = model.prior()
+        prior = model_prior(model)
         q = guide_distribution(model, guide, x, prior)
+    chunk = default_chunk(k, x) if chunk_size is None else chunk_size  # sized as for the caller's autograd mode
+    with torch.no_grad():
         moments: WeightMoments | None = None
         top: Tensor | None = None  # running top M + 1 log weights: (<= M + 1, B)
         for start in range(0, k, chunk):

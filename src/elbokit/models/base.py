@@ -37,6 +37,8 @@ class FixedGuide:
     or a proposal per data point, handed to a function that takes a guide."""
 
     def __init__(self, q: Distribution) -> None:
+        if not isinstance(q, Distribution):
+            raise ValueError(f"FixedGuide needs a torch Distribution q, got {type(q).__name__}")
         self.q = q
 
     def __call__(self, x: Tensor) -> Distribution:

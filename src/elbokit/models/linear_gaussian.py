@@ -22,6 +22,8 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from elbokit.models._checks import check_batch, check_values
+
 
 class LinearGaussianSample(NamedTuple):
     """Draws from the joint p(x, z): ``x`` (n, D) and the latents ``z`` (n, d) that produced them."""
@@ -47,15 +49,20 @@ class LinearGaussian(nn.Module):
         weight = torch.as_tensor(weight)
         if weight.dim() != 2:
             raise ValueError(f"weight must have shape (D, d), got shape {tuple(weight.shape)}")
+        if not weight.is_floating_point():
+            raise ValueError(f"weight must have a floating-point dtype, got {weight.dtype}")
+        check_values(weight, "weight")
         data_dim, _ = weight.shape
         bias = torch.as_tensor(bias, dtype=weight.dtype, device=weight.device)
         if bias.shape != (data_dim,):
             raise ValueError(f"bias must have shape ({data_dim},), got shape {tuple(bias.shape)}")
+        check_values(bias, "bias")
         scale = torch.as_tensor(noise_scale, dtype=weight.dtype, device=weight.device)
         if scale.shape not in ((), (data_dim,)):
             raise ValueError(f"noise_scale must be a scalar or have shape ({data_dim},), got {tuple(scale.shape)}")
-        if not bool((scale > 0).all()):
-            raise ValueError("noise_scale must be > 0 everywhere")
+        if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+            lo, hi = float(scale.min()), float(scale.max())
+            raise ValueError(f"noise_scale must be > 0 and finite everywhere, got values in [{lo}, {hi}]")
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone())
         self.log_noise_scale = nn.Parameter(scale.detach().log())
@@ -84,8 +91,15 @@ class LinearGaussian(nn.Module):
         return (2.0 * self.log_noise_scale).exp().expand(self.data_dim)
 
     def _check_x(self, x: Tensor) -> None:
-        if x.dim() < 1 or x.shape[-1] != self.data_dim:
+        """x must be a non-empty (B, D) batch of the model's dtype and device, and finite while torch.distributions'
+        argument checks are on (that check is a device sync; the others read metadata only)."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (B, {self.data_dim}), got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[-1] != self.data_dim:
             raise ValueError(f"x must have shape (B, {self.data_dim}), got shape {tuple(x.shape)}")
+        check_batch(x, dtype=self.weight.dtype, device=self.weight.device)
+        if Distribution._validate_args:
+            check_values(x)
 
     # ---- the generative model ------------------------------------------------------------------------------
     def prior(self) -> Distribution:
@@ -148,6 +162,11 @@ class LinearGaussian(nn.Module):
             )
         if q.event_shape != (self.latent_dim,):
             raise ValueError(f"q must have event shape ({self.latent_dim},), got {tuple(q.event_shape)}")
+        if q.batch_shape not in (x.shape[:1], torch.Size((1,)), torch.Size()):
+            raise ValueError(
+                f"q must have batch shape ({x.shape[0]},) to match x, or () or (1,) to be shared, "
+                f"got {tuple(q.batch_shape)}"
+            )
         inv_var = 1.0 / self._noise_variance()  # (D,)
         if isinstance(q, MultivariateNormal):
             mean = q.loc
@@ -164,6 +183,8 @@ class LinearGaussian(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> LinearGaussianSample:
         """Draw n pairs (x, z) from the joint, reproducibly under ``generator``."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         dtype, device = self.weight.dtype, self.weight.device
@@ -188,13 +209,18 @@ class LinearGaussian(nn.Module):
             x: (N, D) data, N > 1.
             latent_dim: d, with 1 <= d < D.
         """
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (N, D), got {type(x).__name__}")
         if x.dim() != 2:
             raise ValueError(f"x must have shape (N, D), got shape {tuple(x.shape)}")
         n, data_dim = x.shape
-        if not 1 <= latent_dim < data_dim:
-            raise ValueError(f"latent_dim must be in [1, {data_dim - 1}], got {latent_dim}")
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or not 1 <= latent_dim < data_dim:
+            raise ValueError(f"latent_dim must be in [1, {data_dim - 1}], got {latent_dim!r}")
         if n < 2:
             raise ValueError(f"need at least 2 data points, got {n}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must have a floating-point dtype, got {x.dtype}")
+        check_values(x)
         mean = x.mean(0)
         centred = x - mean
         cov = centred.T @ centred / n  # maximum-likelihood covariance: (D, D)

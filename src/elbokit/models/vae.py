@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
+from elbokit.models._checks import check_batch, check_nonnegative, check_positive_int, check_values
 from elbokit.models.likelihoods import Likelihood, make_likelihood
 from elbokit.models.mlp import mlp
 
@@ -34,6 +35,8 @@ class VAE(nn.Module):
             ``nn.Linear`` does, because the estimators call it on (K, B, d) samples at once.
         likelihood: the observation model, stored as ``observation`` (``likelihood`` is the protocol's method).
         latent_dim: d.
+        data_dim: D, if known (:meth:`mlp` knows it): the estimators then check x's event shape (D,) before the
+            encoder sees it (``event_shape``), and the data-taking methods here do too.
 
     References:
         Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
@@ -44,16 +47,21 @@ class VAE(nn.Module):
     _prior_loc: Tensor
     _prior_scale: Tensor
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, *, latent_dim: int) -> None:
+    def __init__(
+        self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, *, latent_dim: int,
+        data_dim: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
+        check_positive_int("latent_dim", latent_dim)
+        if data_dim is not None:
+            check_positive_int("data_dim", data_dim)
         if not isinstance(likelihood, Likelihood):
             raise ValueError(f"likelihood must be an elbokit Likelihood, got {type(likelihood).__name__}")
         self.encoder = encoder
         self.decoder = decoder
         self.observation = likelihood
         self.latent_dim = latent_dim
+        self.data_dim = data_dim
         # Buffers, so that p(z) follows .to(device, dtype); not saved: they are constants.
         self.register_buffer("_prior_loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("_prior_scale", torch.ones(latent_dim), persistent=False)
@@ -95,6 +103,9 @@ class VAE(nn.Module):
         """
         from elbokit.guides import AmortizedFlow, AmortizedGaussian  # not at module level: guides imports models
 
+        check_positive_int("data_dim", data_dim)
+        check_positive_int("latent_dim", latent_dim)
+        check_nonnegative("min_scale", min_scale)
         if guide not in ("gaussian", "flow"):
             raise ValueError(f"guide must be 'gaussian' or 'flow', got {guide!r}")
         if guide == "flow" and covariance != "diagonal":
@@ -111,9 +122,19 @@ class VAE(nn.Module):
                 data_dim, latent_dim, hidden=hidden, covariance=covariance, activation=activation, min_scale=min_scale
             )
         decoder = mlp((latent_dim, *reversed(hidden), observation.output_size(data_dim)), activation=activation)
-        return cls(encoder, decoder, observation, latent_dim=latent_dim)
+        return cls(encoder, decoder, observation, latent_dim=latent_dim, data_dim=data_dim)
 
     # ---- the model: LatentModel protocol ---------------------------------------------------------------------
+    @property
+    def event_shape(self) -> torch.Size | None:
+        """Event shape of one data point x: (D,), or ``None`` where D was not given."""
+        return None if self.data_dim is None else torch.Size((self.data_dim,))
+
+    def _check_x(self, x: Tensor) -> None:
+        """x must be a non-empty (B, D) batch of the model's dtype and device (metadata only: no device sync)."""
+        loc = self._prior_loc
+        check_batch(x, event_shape=self.event_shape, dtype=loc.dtype, device=loc.device)
+
     def prior(self) -> Distribution:
         """p(z) = N(0, I_d): batch (), event (d,), on the module's device and dtype."""
         return Independent(Normal(self._prior_loc, self._prior_scale), 1)
@@ -146,7 +167,11 @@ class VAE(nn.Module):
             raise TypeError(
                 f"init_output_bias needs a decoder ending in nn.Linear with a bias, got {type(last).__name__}"
             )
+        if not isinstance(data_mean, Tensor) or not data_mean.is_floating_point():
+            given = data_mean.dtype if isinstance(data_mean, Tensor) else type(data_mean).__name__
+            raise ValueError(f"data_mean must be a floating-point tensor, got {given}")
         data_mean = data_mean.reshape(-1)
+        check_values(data_mean, "data_mean")
         d = data_mean.shape[0]
         if self.observation.output_size(d) != last.out_features:
             raise ValueError(
@@ -181,6 +206,7 @@ class VAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """A point summary of q(z|x), (B, d): its mean E_q z; for a flow guide, whose q has no closed-form mean,
         the base's mean pushed through the flow (``FlowDistribution.location``; E_q z while the flow is affine)."""
+        self._check_x(x)
         q = self.encoder(x)
         try:
             return q.mean

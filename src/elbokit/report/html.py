@@ -3,6 +3,8 @@
 The page needs nothing but itself: figures are inlined as base64 PNG, the style sheet is inline, and there is no
 JavaScript and no fetch of anything. It is built from a run directory and that run's ``diagnostics.json`` (what
 ``elbokit diagnose`` writes), plus ``sweep.json`` when ``elbokit sweep`` has traced a rate-distortion curve.
+Every value that reaches the page, from whichever file, passes through :func:`_text` (HTML-escaped), so a crafted
+run folder can put text on the page but never markup.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import html
 import io
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,31 +46,58 @@ class Section:
     note: str | None = None
 
 
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch lines of ``metrics.jsonl`` (empty when there are none)."""
+def _text(value: Any) -> str:
+    """``value`` as HTML text or as the value of a quoted attribute: ``str(value)`` with ``&<>"'`` escaped. Every
+    value interpolated into the page goes through here."""
+    return html.escape(str(value), quote=True)
+
+
+def _is_real(value: Any) -> bool:
+    """An int or float that converts to float (not a bool, and not an int too large for a float)."""
+    return isinstance(value, float) or (type(value) is int and abs(value) <= sys.float_info.max)
+
+
+def read_history(run_dir: Path) -> list[dict[str, float | None]]:
+    """The per-epoch lines of ``metrics.jsonl`` (empty when there are none), keeping only the entries that are
+    numbers or null; ValueError (one line) for a line that is not a JSON object."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 raise ValueError(f"{path}, line {number}: not JSON") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: not a JSON object")
+            rows.append({key: value for key, value in row.items() if value is None or _is_real(value)})
     return rows
 
 
+def _sweep_row(row: Any) -> bool:
+    """A row of ``sweep.json``: every SweepPoint field and nothing else, each a number but the path (a string or
+    null)."""
+    if not isinstance(row, dict) or set(row) != set(SweepPoint._fields):
+        return False
+    path = row["path"]
+    return (path is None or isinstance(path, str)) and all(_is_real(v) for k, v in row.items() if k != "path")
+
+
 def read_sweep(run_dir: Path) -> list[SweepPoint] | None:
-    """The points ``elbokit sweep`` wrote to ``sweep.json``, or None when there is no sweep."""
+    """The points ``elbokit sweep`` wrote to ``sweep.json``, or None when there is no sweep; ValueError (one line)
+    for anything else, including a value that is not a number where the point has one."""
     path = Path(run_dir) / SWEEP
     if not path.exists():
         return None
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
-        return [SweepPoint(**(row | {"path": Path(row["path"]) if row.get("path") else None})) for row in rows]
-    except (json.JSONDecodeError, TypeError, KeyError):
-        raise ValueError(f"{path} is not a sweep written by `elbokit sweep`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        rows = None
+    if not isinstance(rows, list) or not all(_sweep_row(row) for row in rows):
+        raise ValueError(f"{path} is not a sweep written by `elbokit sweep`")
+    return [SweepPoint(**(row | {"path": Path(row["path"]) if row["path"] else None})) for row in rows]
 
 
 def _png(figure: Any) -> bytes:
@@ -194,36 +224,47 @@ def _sections(run: Run, d: Mapping[str, Any], history: Sequence[Mapping[str, Any
     return sections
 
 
-def _number(value: float, digits: int = 3) -> str:
+def _number(value: Any, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals and a true minus sign. Anything but a real number is never given to a
+    format spec: it is shown as it is (and escaped where it is written)."""
+    if not _is_real(value):
+        return str(value)
     return "−" + f"{-value:.{digits}f}" if value < 0 else f"{value:.{digits}f}"
 
 
 def _summary_rows(run: Run, d: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The summary table's (label, value) cells, as plain text: :func:`_table` escapes them."""
     g, s = d["gaps"], d["surgery"]
-    rows = [(f"ELBO ({'analytic' if d.get('elbo_kl', 'analytic') == 'analytic' else 'sampled'} KL)",
-             _number(d["elbo"]))]
-    khat = f"k̂ max {d['pareto_k_max']:.2f}; {d['pareto_k_over_threshold']} of {d['n']} points over {KHAT_THRESHOLD}"
+    rows = [
+        (f"ELBO ({'analytic' if d.get('elbo_kl', 'analytic') == 'analytic' else 'sampled'} KL)", _number(d["elbo"]))
+    ]
+    khat = (
+        f"k̂ max {_number(d['pareto_k_max'], 2)}; {d['pareto_k_over_threshold']} of {d['n']} points over "
+        f"{KHAT_THRESHOLD}"
+    )
     rows.append((f"log p(x), importance sampled, k = {d['k']}",
-                 f"{_number(d['log_px'])} ± {d['log_px_stderr']:.3f} ({khat})"))  # fmt: skip
+                 f"{_number(d['log_px'])} ± {_number(d['log_px_stderr'])} ({khat})"))  # fmt: skip
     if "ais" in d:
         a = d["ais"]
-        rows.append((f"log p(x), AIS {a['steps']} steps", f"{_number(a['value'])} ± {a['stderr']:.3f}"))
+        rows.append((f"log p(x), AIS {a['steps']} steps", f"{_number(a['value'])} ± {_number(a['stderr'])}"))
     rows += [
-        (f"log p(x), the gaps' reference ({'AIS' if g['reference'] == 'ais' else 'IS'} from the full-covariance q*)",
-         f"{_number(g['log_px'])} ± {g['log_px_stderr']:.3f} (k̂ max {g['pareto_k_max']:.2f}; {g['unreliable']} "
-         f"of {d['n']} points over {KHAT_THRESHOLD})"),
+        (
+            f"log p(x), the gaps' reference ({'AIS' if g['reference'] == 'ais' else 'IS'} from the full-covariance q*)",
+            f"{_number(g['log_px'])} ± {_number(g['log_px_stderr'])} (k̂ max {_number(g['pareto_k_max'], 2)}; "
+            f"{g['unreliable']} of {d['n']} points over {KHAT_THRESHOLD})",
+        ),
         ("L[q*], q refined per point", f"{_number(g['elbo_optimal'])} ({g['family']} q*, {g['steps']} steps)"),
         ("L[q], the encoder's", _number(g["elbo_amortized"])),
         ("approximation gap, log p(x) − L[q*]", _number(g["approximation"])),
         ("amortization gap, L[q*] − L[q]", _number(g["amortization"])),
         ("active units", f"{d['active_units']} of {d['latent_dim']}"),
-        ("I(x; z)", f"{_number(s['mutual_information'])} (at most log N = {s['log_n']:.3f})"),
+        ("I(x; z)", f"{_number(s['mutual_information'])} (at most log N = {_number(s['log_n'])})"),
         ("KL(q(z) ‖ p(z))", _number(s["marginal_kl"])),
         ("average KL(q(z|x) ‖ p(z))", _number(s["average_kl"])),
     ]
     if run.data.image_shape is not None:
         rows.append(("bits per dimension, −log p(x) / (D log 2)",
-                     f"{-d['log_px'] / (run.data.data_dim * math.log(2)):.4f}"))  # fmt: skip
+                     _number(-d["log_px"] / (run.data.data_dim * math.log(2)), 4)))  # fmt: skip
     return rows
 
 
@@ -239,15 +280,19 @@ details { margin: 0.5rem 0; }
 """
 
 
-def _table(rows: Sequence[tuple[str, str]], *, css_id: str | None = None) -> str:
-    attr = f' id="{css_id}"' if css_id else ""
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td class=\"v\">{html.escape(v)}</td></tr>" for k, v in rows)
+def _table(rows: Sequence[tuple[Any, Any]], *, css_id: str | None = None) -> str:
+    attr = f' id="{_text(css_id)}"' if css_id else ""
+    body = "".join(f'<tr><th>{_text(k)}</th><td class="v">{_text(v)}</td></tr>' for k, v in rows)
     return f"<table{attr}><tbody>{body}</tbody></table>"
 
 
 def render_report(run: Run, diagnostics: Mapping[str, Any], *, history: Sequence[Mapping[str, Any]] = (),
                   sweep: list[SweepPoint] | None = None, mode: ModeSeekingResult | None = None) -> str:  # fmt: skip
-    """The report page of ``run`` as one HTML string, from its diagnostics (the dict ``elbokit diagnose`` writes)."""
+    """The report page of ``run`` as one HTML string, from its diagnostics (the dict ``elbokit diagnose`` writes).
+
+    Text from any source (the run's folder name, state, config and dataset, the diagnostics) is escaped. The
+    numbers the figures are drawn from must have the types ``diagnose`` writes: ``elbokit report`` checks a
+    ``diagnostics.json`` before it gets here (:func:`elbokit.cli_report.current_diagnostics`)."""
     if mode is None:
         from elbokit.diagnostics import mode_seeking
 
@@ -262,13 +307,13 @@ def render_report(run: Run, diagnostics: Mapping[str, Any], *, history: Sequence
         "<head>",
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title>",
+        f"<title>{_text(title)}</title>",
         f"<style>{_STYLE}</style>",
         "</head>",
         "<body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(run.data.name)}, {state.get('epoch', '?')} epochs, {state.get('step', '?')} steps. "
-        f"Diagnostics on the first {d['n']} points of the {html.escape(str(d['split']))} split, in nats per data "
+        f"<h1>{_text(title)}</h1>",
+        f"<p>{_text(run.data.name)}, {_text(state.get('epoch', '?'))} epochs, {_text(state.get('step', '?'))} "
+        f"steps. Diagnostics on the first {_text(d['n'])} points of the {_text(d['split'])} split, in nats per data "
         "point.</p>",
         '<section id="header">',
         "<h2>Run</h2>",
@@ -284,21 +329,20 @@ def render_report(run: Run, diagnostics: Mapping[str, Any], *, history: Sequence
         _table(_summary_rows(run, d), css_id="summary-table"),
     ]
     if d["pareto_k_over_threshold"]:
-        parts.append(f'<p class="warn">k̂ exceeds {KHAT_THRESHOLD} on {d["pareto_k_over_threshold"]} of {d["n"]} '
-                     "points: there the importance weights have too heavy a tail for the error bar of log p(x) to "
-                     "be trusted, and the estimate is likely short. AIS (<code>elbokit diagnose DIR --ais 300</code>) "
-                     "is the tighter reference.</p>")  # fmt: skip
+        parts.append(f'<p class="warn">k̂ exceeds {_text(KHAT_THRESHOLD)} on {_text(d["pareto_k_over_threshold"])} '
+                     f"of {_text(d['n'])} points: there the importance weights have too heavy a tail for the error "
+                     "bar of log p(x) to be trusted, and the estimate is likely short. AIS (<code>elbokit diagnose DIR "
+                     "--ais 300</code>) is the tighter reference.</p>")  # fmt: skip
     parts.append("</section>")
     for s in _sections(run, d, history, sweep, mode):
-        parts.append(f'<section id="{s.id}">')
-        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts.append(f'<section id="{_text(s.id)}">')
+        parts.append(f"<h2>{_text(s.title)}</h2>")
         if s.png is not None:
             data = base64.b64encode(s.png).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(s.title)}">'
-                         f"<figcaption>{html.escape(s.caption)}</figcaption></figure>")  # fmt: skip
+            parts.append(f'<figure><img src="data:image/png;base64,{_text(data)}" alt="{_text(s.title)}">'
+                         f"<figcaption>{_text(s.caption)}</figcaption></figure>")  # fmt: skip
         else:
-            note = html.escape(s.note or "")
-            parts.append(f'<p>{html.escape(s.caption)}</p><p class="note">Not drawn: {note}.</p>')
+            parts.append(f'<p>{_text(s.caption)}</p><p class="note">Not drawn: {_text(s.note or "")}.</p>')
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)

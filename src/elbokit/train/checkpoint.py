@@ -15,6 +15,8 @@ truncated or foreign file and one whose tensors do not fit the model.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,9 +112,51 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is a safetensors file but not an elbokit checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} has an unknown checkpoint format {state.get('format')!r}, expected {FORMAT}")
-    if "rng.torch" not in tensors:
+    rng = tensors.get("rng.torch")
+    expected = torch.get_rng_state()
+    if rng is None or rng.dtype != expected.dtype or rng.shape != expected.shape:
         raise CheckpointError(f"{path} lacks the random-number state an elbokit checkpoint holds")
+    check_state(state, str(path))
     return Checkpoint(tensors=tensors, state=state)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The metadata fields of a checkpoint, each with a check of its type and range and what it should be.
+_STATE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer >= 0"),
+    "position": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer >= 0"),
+    "step": (lambda v: _is_int(v) and 0 <= v < 2**62, "an integer >= 0"),
+    "sums": (lambda v: isinstance(v, dict) and set(v) == {"bound", "reconstruction", "kl", "seconds"}
+             and all(_is_number(x) for x in v.values()), "a table of four finite numbers"),
+    "best": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "since_best": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer >= 0"),
+    "config": (lambda v: isinstance(v, dict), "a table of settings"),
+    "param_groups": (lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict)
+                     and _is_number(v[0].get("lr")) and isinstance(v[0].get("params"), list), "one Adam group"),
+}  # fmt: skip
+
+
+def check_state(state: dict[str, Any], source: str, *, complete: bool = False) -> None:
+    """Refuse checkpoint metadata of the wrong type or range (one line naming the field, expected and given);
+    ``complete``: every field the trainer writes must be there (to resume from it)."""
+    for name, (ok, expected) in _STATE_FIELDS.items():
+        if name not in state:
+            if complete:
+                raise CheckpointError(f"{source}: the checkpoint's metadata lacks {name!r}")
+            continue
+        if not ok(state[name]):
+            given = json.dumps(state[name])
+            given = given if len(given) <= 40 else given[:37] + "..."
+            raise CheckpointError(f"{source}: the checkpoint's {name} must be {expected}, got {given}")
+    if isinstance(state.get("step"), int) and isinstance(state.get("epoch"), int) and state["step"] < state["epoch"]:
+        raise CheckpointError(f"{source}: the checkpoint's step {state['step']} is below its epoch {state['epoch']}")
 
 
 def load_model_state(model: nn.Module, checkpoint: Checkpoint, *, source: str = "the checkpoint") -> None:
@@ -130,23 +174,40 @@ def load_model_state(model: nn.Module, checkpoint: Checkpoint, *, source: str = 
                 f"{source} does not fit the model: {name} has shape {tuple(saved[name].shape)}, "
                 f"the model's is {tuple(tensor.shape)} (another architecture?)"
             )
+        if saved[name].is_floating_point() and not bool(torch.isfinite(saved[name]).all()):
+            raise CheckpointError(f"{source}: {name} holds NaN or infinite values")
     with torch.no_grad():
         for name, tensor in expected.items():
             tensor.copy_(saved[name])
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Tensor]] = {}
     for name, tensor in checkpoint.prefixed("optimizer.").items():
         index, _, key = name.partition(".")
+        if not index.isdigit() or int(index) >= len(params) or key not in _ADAM_STATE:
+            raise CheckpointError(f"the checkpoint's optimizer state has an unexpected tensor {name!r}")
+        shape = () if key == "step" else tuple(params[int(index)].shape)
+        if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+            raise CheckpointError(f"the checkpoint's optimizer tensor {name!r} has shape {tuple(tensor.shape)} "
+                                  f"{tensor.dtype}, expected {shape}")  # fmt: skip
         state.setdefault(int(index), {})[key] = tensor
     groups = checkpoint.state.get("param_groups")
     if not isinstance(groups, list):
         raise CheckpointError("the checkpoint lacks the optimizer's parameter groups")
+    if len(groups) != len(optimizer.param_groups) or [len(g.get("params", ())) for g in groups] != [
+        len(g["params"]) for g in optimizer.param_groups
+    ]:
+        raise CheckpointError("the checkpoint's optimizer parameter groups do not fit the model")
     for group in groups:
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"the checkpoint's optimizer state does not fit: {err}") from None
+
+
+#: The tensors Adam keeps per parameter.
+_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")

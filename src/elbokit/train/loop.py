@@ -30,8 +30,11 @@ from tqdm import tqdm
 from elbokit._io import atomic_write
 from elbokit.config import RunConfig
 from elbokit.data import Dataset
+from elbokit.estimators._weights import check_data
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.checkpoint import (
+    CHECKPOINT,
+    check_state,
     load_checkpoint,
     load_model_state,
     load_optimizer_state,
@@ -121,6 +124,7 @@ def fit(
     out: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``model`` (and the guide's parameters) by Adam on ``config``'s objective.
 
@@ -130,13 +134,16 @@ def fit(
         data: train / validation splits; ``data.binarize == "dynamic"`` draws x ~ Bernoulli(train) per epoch.
         config: objective, schedule, optimisation settings and seed.
         out: run directory for ``metrics.jsonl`` and the checkpoint (None: nothing written).
-        resume: continue from ``out``'s checkpoint.
+        resume: continue from ``out``'s checkpoint; a run killed before its first checkpoint starts again from
+            the beginning (the model must then be freshly initialised, as for a new run).
         on_epoch: called with each epoch's metrics.
+        on_checkpoint: called after each checkpoint is written.
 
     Returns:
         FitResult. Raises TrainingDiverged on a non-finite bound or gradient (the last checkpoint is kept).
     """
     latent = cast(LatentModel, model)
+    config.validate()  # a config changed after construction is checked again
     device = resolve_device(config.device)
     model.to(device)
     if isinstance(guide, nn.Module):
@@ -145,11 +152,22 @@ def fit(
     optimizer = make_optimizer(params, config.lr)
     train = data.train[: config.limit].to(device)
     validation = data.validation.to(device)
+    for name, x in (("train", train), ("validation", validation)):  # once per run; the steps skip the value checks
+        try:
+            check_data(latent, guide, x)
+        except ValueError as err:
+            raise ValueError(f"{data.name} ({name} split): {err}") from None
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     schedule = parse_schedule(config.anneal, steps_per_epoch=steps_per_epoch)
-    if config.objective == "iwae" and (schedule.kind != "constant" or config.beta != 1.0):
-        raise ValueError("β and annealing apply to the elbo objective; the iwae objective is the IWAE_k bound")
+    checkpoint = None
+    if resume:
+        if out is None:
+            raise ValueError("resume needs a run directory")
+        if (out / CHECKPOINT).exists():
+            checkpoint = load_checkpoint(out)
+            check_state(checkpoint.state, str(out / CHECKPOINT), complete=True)
+            check_resumable(checkpoint.state, config)
     warning = check_reaches_target(schedule, steps_per_epoch * config.epochs, config.beta)
     if warning:
         warnings.warn(warning, stacklevel=2)
@@ -163,10 +181,8 @@ def fit(
     history: list[dict[str, Any]] = []
     best: float | None = None
     since_best = 0
-    if resume:
-        if out is None:
-            raise ValueError("resume needs a run directory")
-        checkpoint = load_checkpoint(out)
+    if checkpoint is not None:
+        assert out is not None
         load_model_state(model, checkpoint, source=f"{out}/checkpoint.safetensors")
         load_optimizer_state(optimizer, checkpoint)
         restore_rng(checkpoint)
@@ -175,6 +191,8 @@ def fit(
         sums = dict(s["sums"])
         best, since_best = s.get("best"), int(s.get("since_best", 0))
         history = _read_metrics(out, keep=epoch)
+    elif resume and out is not None:
+        (out / METRICS).unlink(missing_ok=True)  # killed before its first checkpoint: start again
 
     def save(where: str) -> None:
         if out is None:
@@ -184,8 +202,17 @@ def fit(
             "since_best": since_best, "config": config.to_dict(), "saved": where,
         }  # fmt: skip
         save_checkpoint(out, model=model, optimizer=optimizer, state=state)
+        saved[0] = True
+        if on_checkpoint is not None:
+            on_checkpoint()
 
-    kept = f"the last good checkpoint is kept in {out}" if out is not None else "nothing was saved"
+    saved = [checkpoint is not None]
+
+    def kept() -> str:
+        if out is None:
+            return "nothing was saved"
+        return f"the last good checkpoint is kept in {out}" if saved[0] else f"no checkpoint was written to {out}"
+
     train_step = TrainStep(latent, guide, config, schedule, params=params, optimizer=optimizer, step=step)
     train_step.reset((sums["bound"], sums["reconstruction"], sums["kl"]))
 
@@ -193,7 +220,7 @@ def fit(
         try:
             sums["bound"], sums["reconstruction"], sums["kl"] = train_step.read()
         except NonFiniteStep as err:
-            raise TrainingDiverged(f"{err} (epoch {err.step // steps_per_epoch + 1}); {kept}") from None
+            raise TrainingDiverged(f"{err} (epoch {err.step // steps_per_epoch + 1}); {kept()}") from None
 
     progress = not config.quiet and sys.stderr.isatty()
     stopped = "completed"
@@ -228,7 +255,7 @@ def fit(
             valid = evaluate_bound(latent, guide, validation, objective=config.objective, k=config.k)
             _set_training(model, guide, True)
             if not math.isfinite(valid["bound"]):
-                raise TrainingDiverged(f"non-finite validation bound after epoch {epoch + 1}; {kept}")
+                raise TrainingDiverged(f"non-finite validation bound after epoch {epoch + 1}; {kept()}")
             record = {
                 "epoch": epoch + 1, "step": step, "beta": config.beta * schedule.factor(step - 1), "lr": lr,
                 "train_bound": sums["bound"] / n, "train_reconstruction": sums["reconstruction"] / n,
@@ -245,8 +272,7 @@ def fit(
             sums = {"bound": 0.0, "reconstruction": 0.0, "kl": 0.0, "seconds": 0.0}
             train_step.reset()
             if out is not None:
-                with (out / METRICS).open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_metrics(out / METRICS, record)
             save("epoch")
             if on_epoch is not None:
                 on_epoch(record)
@@ -262,12 +288,63 @@ def _set_training(model: nn.Module, guide: Guide, mode: bool) -> None:
         guide.train(mode)
 
 
-def _read_metrics(out: Path, *, keep: int) -> list[dict[str, Any]]:
-    """The metrics of the first ``keep`` epochs; later lines (from after the checkpoint) are dropped."""
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's line to ``metrics.jsonl`` (a crash mid-append leaves a torn last line, which
+    :func:`_read_metrics` drops on resume: the checkpoint, written after it, is then of the epoch before)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def check_resume(out: Path, model: nn.Module, guide: Guide, config: RunConfig) -> None:
+    """Everything ``fit(..., resume=True)`` reads, checked without writing anything: the checkpoint (metadata,
+    parameters, optimizer state, random-number state), the epoch count and ``metrics.jsonl``. A folder without a
+    checkpoint (a run killed before its first) passes: it starts again."""
+    if not (out / CHECKPOINT).exists():
+        return
+    checkpoint = load_checkpoint(out)
+    check_state(checkpoint.state, str(out / CHECKPOINT), complete=True)
+    check_resumable(checkpoint.state, config)
+    load_model_state(model, checkpoint, source=f"{out / CHECKPOINT}")
+    params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
+    load_optimizer_state(make_optimizer(params, config.lr), checkpoint)
+    _read_metrics(out, keep=int(checkpoint.state["epoch"]), rewrite=False)
+
+
+def check_resumable(state: dict[str, Any], config: RunConfig) -> None:
+    """Refuse to resume a checkpoint with an epoch count that would not end where one uninterrupted run does."""
+    done, before = int(state["epoch"]), state.get("config", {}).get("epochs")
+    if config.epochs < done:
+        raise ValueError(f"the checkpoint is at epoch {done}; epochs {config.epochs} would end before it "
+                         "(give at least as many epochs)")  # fmt: skip
+    if config.lr_schedule == "burda" and before is not None and config.epochs != before:
+        raise ValueError(f"the burda lr schedule is scaled to the run's {before} epochs, so resuming with "
+                         f"{config.epochs} would not end where one {config.epochs}-epoch run does; train a new run "
+                         "instead")  # fmt: skip
+
+
+def _read_metrics(out: Path, *, keep: int, rewrite: bool = True) -> list[dict[str, Any]]:
+    """The metrics of the first ``keep`` epochs; later lines (from after the checkpoint) and a torn last line
+    (a crash mid-append) are dropped, and the file is rewritten to match."""
     path = out / METRICS
     if not path.exists():
         return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines][:keep]
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if len(records) == keep:
+            break
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: not an epoch's metrics (corrupt file?)")
+        records.append(record)
+    if len(records) < keep:
+        raise ValueError(f"{path} holds {len(records)} epochs' metrics but the checkpoint is at epoch {keep}")
+    if rewrite:
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records

@@ -64,5 +64,3 @@ def evaluate_bound(
     if objective != "iwae":
         out["bound"] = out["elbo"]
     return out
-
-
