@@ -8,15 +8,19 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from elbokit import __version__
 from elbokit.cli_args import UsageError, _int_list, _Parser, _positive_int
-from elbokit.cli_run import RUN_COMMANDS, _add_run_commands
+from elbokit.cli_run import RUN_COMMANDS, _add_run_commands, check_duration
 from elbokit.estimators import elbo, iwae, log_marginal
 from elbokit.models import LinearGaussian
+from elbokit.runs import available_memory
 from elbokit.train import TrainingDiverged
 
 
@@ -46,11 +50,28 @@ def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     return float(per_repeat.mean()), float(per_repeat.std() / math.sqrt(per_repeat.numel()))
 
 
+def _check_linear_gaussian_time(model: LinearGaussian, guide: Any, x: torch.Tensor, ks: list[int]) -> None:
+    """Time IWAE at a small k and refuse (or announce) the table's 20 repeats per k and the final log p(x)."""
+    pilot = min(max(ks), 10)
+    with torch.random.fork_rng():
+        started = time.perf_counter()
+        iwae(model, guide, x, k=pilot)
+        per_sample = (time.perf_counter() - started) / pilot
+    check_duration(
+        per_sample * (20 * sum(ks) + 10 * max(2, max(ks))), f"linear-gaussian --k {max(ks)}", smaller="--k or --n"
+    )
+
+
 def linear_gaussian(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     if args.latent_dim >= args.data_dim:
         raise UsageError(f"--latent-dim must be below --data-dim ({args.data_dim}), got {args.latent_dim}")
+    needed = 8 * 4 * (args.n * (args.data_dim + args.latent_dim) + args.data_dim**2)  # x, z and their copies
+    available = available_memory(torch.device("cpu"))
+    if available is not None and needed > available:
+        raise UsageError(f"--n {args.n} points of dimension {args.data_dim} need about {needed / 2**30:.3g} GiB; "
+                         f"this machine has {available / 2**30:.3g} GiB available")  # fmt: skip
     dtype = torch.float64
     weight = torch.randn(args.data_dim, args.latent_dim, generator=gen, dtype=dtype)
     noise = 0.5 + torch.rand(args.data_dim, generator=gen, dtype=dtype)
@@ -62,6 +83,7 @@ def linear_gaussian(args: argparse.Namespace) -> None:
         scale = model.posterior_precision().diagonal().rsqrt().expand_as(posterior.loc)
         q = torch.distributions.Independent(torch.distributions.Normal(posterior.loc, scale), 1)
         guide = lambda _x: q  # noqa: E731
+        _check_linear_gaussian_time(model, guide, x, args.k)
         log_px = float(model.log_evidence(x).mean())
         rows = [("exact log p(x)", log_px, 0.0), ("exact ELBO(q)", float(model.exact_elbo(x, q).mean()), 0.0)]
         repeats = 20
@@ -86,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command == "linear-gaussian":
-            linear_gaussian(args)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                linear_gaussian(args)
+            for w in caught:
+                print(f"elbokit: warning: {w.message}", file=sys.stderr)
             return 0
         return int(RUN_COMMANDS[args.command](args))
     except TrainingDiverged as err:

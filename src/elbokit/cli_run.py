@@ -227,11 +227,11 @@ def _train(args: argparse.Namespace, out: Path, config: RunConfig, data: Dataset
     return 0
 
 
-def check_duration(seconds: float, what: str) -> None:
+def check_duration(seconds: float, what: str, *, smaller: str = "--k or --limit") -> None:
     """Refuse a computation estimated beyond :data:`MAX_EVALUATION_SECONDS`; announce one longer than a minute."""
     if seconds > MAX_EVALUATION_SECONDS:
         raise UsageError(f"{what} would take about {duration(seconds)} here (over the "
-                         f"{duration(MAX_EVALUATION_SECONDS)} the command line starts); give a smaller --k or --limit")
+                         f"{duration(MAX_EVALUATION_SECONDS)} the command line starts); give a smaller {smaller}")
     if seconds > 60:
         print(f"elbokit: {what} will take about {duration(seconds)}", file=sys.stderr, flush=True)
 

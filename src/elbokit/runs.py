@@ -383,10 +383,14 @@ def evaluation_seconds(run: Run, *, k: int, n: int, batch_size: int = 100, propo
         started = time.perf_counter()
         with torch.inference_mode():
             log_marginal(run.model, run.model.encoder, x, k=pilot_k, warn=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = (time.perf_counter() - started) * k / pilot_k
         if proposal == "refined":
             started = time.perf_counter()
             refined_proposal(run.model, run.model.encoder, x, steps=pilot_steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             seconds += (time.perf_counter() - started) * refine_steps / pilot_steps
     return seconds * batches
 

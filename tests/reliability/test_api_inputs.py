@@ -543,3 +543,64 @@ def test_fixed_guide_and_linear_gaussian_sample_still_work() -> None:
     assert x.shape == (3, D) and x.dtype == torch.float64
     guide = FixedGuide(Independent(Normal(torch.zeros(3, LATENT, dtype=torch.float64), 1.0), 1))
     assert bool(ek.iwae(model, guide, x, k=2).value.isfinite().all())
+
+
+# ---- RunConfig and fit(): the same checks as the command line and a TOML file --------------------------------
+
+#: (id, settings, regex of the message); every row was accepted (or failed later, deep in training) before
+#: RunConfig checked its own fields.
+BAD_CONFIGS = [
+    ("seed-text", {"seed": "x"}, r"seed must be an integer >= 0, got 'x'"),
+    ("seed-float", {"seed": 1.5}, r"seed must be an integer"),
+    ("seed-huge", {"seed": 2**40}, r"seed must be an integer in 0\.\.2\*\*32 - 1"),
+    ("patience-float", {"patience": 1.5}, r"patience must be an integer >= 1, got 1\.5"),
+    ("device-unknown", {"device": "foo"}, r"device must be auto, cpu or cuda\[:i\], got 'foo'"),
+    ("lr-bool", {"lr": True}, r"lr must be a number, got True"),
+    ("lr-text", {"lr": "1e-3"}, r"lr must be a number, got '1e-3'"),
+    ("beta-inf", {"beta": math.inf}, r"beta must be a finite number >= 0, got inf"),
+    ("hidden-int", {"hidden": 5}, r"hidden must be a list of layer sizes"),
+    ("hidden-text", {"hidden": "200,200"}, r"hidden must be a list of layer sizes"),
+    ("hidden-float", {"hidden": (200, 2.5)}, r"hidden sizes must be integers >= 1, got 2\.5"),
+    ("epochs-bool", {"epochs": True}, r"epochs must be an integer >= 1, got True"),
+    ("quiet-text", {"quiet": "no"}, r"quiet must be true or false, got 'no'"),
+    ("data-int", {"data": 3}, r"data must be a string, got 3"),
+    ("extra-list", {"extra": [1]}, r"extra must be a table"),
+    ("extra-nan", {"extra": {"note": math.nan}}, r"extra must hold JSON values only"),
+    ("anneal-typo", {"anneal": "bogus:3"}, r"unknown anneal spec 'bogus:3'"),
+    ("likelihood-unknown", {"likelihood": "poisson"}, r"unknown likelihood 'poisson'"),
+    ("iwae-beta", {"objective": "iwae", "k": 5, "beta": 0.5}, r"β and annealing apply to the elbo objective"),
+    ("clip-zero", {"clip": 0}, r"clip must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize(("settings", "pattern"), [pytest.param(s, p, id=i) for i, s, p in BAD_CONFIGS])
+def test_run_config_refuses_bad_settings(settings: dict[str, object], pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern) as caught:
+        ek.RunConfig(**settings)  # type: ignore[arg-type]
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match=pattern):
+        ek.RunConfig.from_dict(settings)
+
+
+def test_run_config_changed_after_construction_is_checked_by_fit() -> None:
+    from elbokit.data import load
+
+    config = ek.RunConfig(data="synthetic", epochs=1, latent_dim=2, hidden=(8,), quiet=True, device="cpu")
+    config.beta = math.inf  # a dataclass field set by hand: fit() checks the whole config again
+    data = load("synthetic")
+    model = VAE.mlp(data.data_dim, 2, hidden=(8,), likelihood="gaussian").to(torch.float32)
+    with pytest.raises(ValueError, match=r"beta must be a finite number >= 0, got inf"):
+        ek.fit(model, model.encoder, data, config)
+
+
+def test_fit_refuses_data_outside_the_likelihoods_support() -> None:
+    """The training loop skips the per-step value checks, so fit() checks the data once (was: trained on x = 3
+    with a Bernoulli likelihood)."""
+    from elbokit.data import Dataset
+
+    x = torch.full((30, D), 3.0, dtype=torch.float32)
+    data = Dataset("threes", x, x[:5], x[:5], None, None, None, None, "none", "real", "test")
+    config = ek.RunConfig(data="threes", epochs=1, latent_dim=LATENT, hidden=(8,), quiet=True, device="cpu")
+    model = _vae(dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"threes \(train split\): the bernoulli likelihood needs x in \[0, 1\]"):
+        ek.fit(model, model.encoder, data, config)

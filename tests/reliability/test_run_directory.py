@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -344,7 +343,11 @@ def test_sample_and_sweep_never_replace_a_file_they_did_not_create(
     assert (trained / "sweep.json").read_text() == "[]\n"
 
 
-@pytest.fixture(autouse=True)
-def _no_stray_children() -> Iterator[None]:
-    yield
-    # every subprocess above is waited for; nothing may keep a run folder locked after a test
+def test_sweep_overwrite_replaces_its_runs_rather_than_appending(trained: Path) -> None:
+    """(was: the second sweep's metrics were appended to the first's.)"""
+    argv = ["sweep", str(trained), "--beta", "1", "--epochs", "1", "--k", "5", "--limit", "5"]
+    assert main(argv) == 0
+    assert main([*argv, "--overwrite"]) == 0
+    beta_run = trained / "sweep" / "beta-1"
+    assert len((beta_run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (beta_run / ".replaced").exists()
