@@ -162,10 +162,13 @@ def test_values_outside_the_bernoulli_support(tmp_path: Path, capsys: pytest.Cap
     x = np.load(_binary_npy(tmp_path / "x.npy"))
     x[0, 0] = 2.5
     np.save(tmp_path / "x.npy", x)
-    _fit_bad(tmp_path, capsys, str(tmp_path / "x.npy"), "bernoulli")
+    _fit_bad(tmp_path, capsys, str(tmp_path / "x.npy"), "bernoulli", "--likelihood", "bernoulli")
     status, _, err = _run(["fit", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "g"), *FAST,
                            "--likelihood", "gaussian"], capsys)  # fmt: skip
     assert status == 0, err  # the same data under a likelihood whose support is the real line
+    status, _, err = _run(["fit", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "a"), *FAST], capsys)
+    assert status == 0, err  # the default likelihood follows the data: real values, a Gaussian
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["likelihood"] == "gaussian:learned"
 
 
 @pytest.mark.parametrize("name", ["empty.csv", "empty.npy"])

@@ -18,12 +18,14 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.mark.parametrize(
     "argv",
     [["quickstart.py"], ["train_ppca.py", "--steps", "5"], ["gradient_variance.py", "--repeats", "3"],
-     ["train_vae.py", "--epochs", "1"]],
+     ["train_vae.py", "--epochs", "1"],
+     ["own_conv_vae.py", "--steps", "5", "--limit", "50", "--k", "20", "--refine-steps", "10"]],
     ids=lambda argv: argv[0],
 )
-def test_example_runs(argv: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=120, check=False
+def test_example_runs(argv: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(  # in a fresh folder: what an example writes (own_conv_vae.py's report) lands there
+        [sys.executable, str(EXAMPLES / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()

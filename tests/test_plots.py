@@ -279,6 +279,8 @@ def test_latent_scatter_places_each_point_at_its_encoder_mean(trained: Trained) 
     fig = plots.latent_scatter(model, x, labels.double())  # continuous labels: a colour bar
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "label"
     _png(fig)
+    fig = plots.latent_scatter(model, x, -torch.rand(100, dtype=torch.float64), colour_label="log p(x)")
+    assert fig.axes[1].get_ylabel() == "log p(x)"  # any value per point, named
 
 
 def test_latent_scatter_refuses_bad_input(trained: Trained) -> None:
@@ -465,3 +467,90 @@ def test_mode_seeking_shows_the_target_and_both_fits() -> None:
     assert not any(isinstance(c, LineCollection) for c in ax.collections)
     assert math.isclose(ax.get_ylim()[0], 0.0)
     _png(fig)
+
+
+# -- single points and single features ---------------------------------------------------------------------------
+
+
+def test_pareto_k_histogram_counts_the_points_over_the_threshold() -> None:
+    k_hat = [0.1, 0.3, 0.45, 0.8, 1.2, float("-inf")]  # -inf: a point without a finite k-hat
+    fig = plots.pareto_k_histogram(k_hat)
+    (ax,) = fig.axes
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert sum(b.get_height() for b in bars) == 5  # every finite k-hat, once
+    assert sorted(line.get_xdata()[0] for line in ax.get_lines()) == [0.5, 0.7]
+    assert "2 of 6 above 0.7" in ax.get_title() and "1 without a finite" in ax.get_title()
+    assert ax.get_ylabel() == "points" and len(_legend_texts(ax)) == 3
+    _png(fig)
+    with pytest.raises(ValueError, match="no point has a finite"):
+        plots.pareto_k_histogram([float("-inf"), float("nan")])
+
+
+def test_point_reconstructions_put_each_point_beside_its_reconstruction(trained: Trained) -> None:
+    x = trained.x[:6]
+    recon = trained.model.reconstruct(x)
+    groups = [plots.PointGroup("lowest log p(x)", x[:3], recon[:3], ["#0", "#1", "#2"]),
+              plots.PointGroup("largest gap", x[3:], recon[3:], ["#3", "#4", "#5"])]  # fmt: skip
+    fig = plots.point_reconstructions(groups, image_shape=SHAPE)
+    assert [ax.get_title() for ax in fig.axes] == ["lowest log p(x)", "largest gap"]
+    for ax, g in zip(fig.axes, groups, strict=True):
+        expected = image_grid(torch.cat([g.data, g.reconstruction]), image_shape=SHAPE, columns=3)
+        np.testing.assert_allclose(_image(ax), expected.double().numpy(), atol=1e-6)  # data row, then recon row
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(g.names)
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["data", "recon."]
+    _png(fig)
+    fig = plots.point_reconstructions(groups)  # not images: a panel per point, features across
+    assert len(fig.axes) == 6
+    first = fig.axes[0]
+    (dots,) = [c for c in first.collections if isinstance(c, PathCollection)]
+    np.testing.assert_allclose(dots.get_offsets()[:, 1], x[0].double().numpy(), rtol=1e-6)
+    (line,) = first.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), recon[0].double().numpy(), rtol=1e-6)
+    assert first.get_title(loc="left") == "lowest log p(x)\n#0" and fig.axes[4].get_title(loc="left") == "#4"
+    _png(fig)
+    with pytest.raises(ValueError, match="one name per point"):
+        plots.point_reconstructions([plots.PointGroup("bad", x[:2], recon[:2], ["#0"])])
+    with pytest.raises(ValueError, match="at least one"):
+        plots.point_reconstructions([])
+
+
+def test_feature_reconstructions_plot_data_against_reconstruction(trained: Trained) -> None:
+    x = trained.x
+    recon = trained.model.reconstruct(x)
+    fig = plots.feature_reconstructions(x, recon, features=[20, 3, 0])
+    assert len(fig.axes) == 3
+    for ax, j in zip(fig.axes, (20, 3, 0), strict=True):
+        (points,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+        np.testing.assert_allclose(points.get_offsets(), torch.stack([x[:, j], recon[:, j]], 1).double().numpy(),
+                                   rtol=1e-6)  # fmt: skip
+        xj, rj = x[:, j].double(), recon[:, j].double()
+        if float(xj.var()) > 0:
+            r2 = 1 - float(((xj - rj) ** 2).sum() / ((xj - xj.mean()) ** 2).sum())
+            assert ax.get_title() == f"$x_{{{j}}}$: R² = {r2:.2f}"
+        else:
+            assert "constant" in ax.get_title()
+    assert "Reconstructions" in fig.get_suptitle()
+    _png(fig)
+    with pytest.raises(ValueError, match="features must be"):
+        plots.feature_reconstructions(x, recon, features=[64])
+
+
+def test_feature_marginals_compare_the_data_with_draws_from_the_model(trained: Trained) -> None:
+    x = trained.x
+    draws = trained.model.sample(300, generator=torch.Generator().manual_seed(0), mean=False)  # (300, 64)
+    fig = plots.feature_marginals(x, draws, features=[10, 20])
+    means, sds, *histograms = fig.axes
+    assert len(histograms) == 2 and "mean" in means.get_title() and "standard deviation" in sds.get_title()
+    for ax, stat in ((means, lambda t: t.mean(0)), (sds, lambda t: t.std(0, unbiased=False))):
+        (points,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+        expected = torch.stack([stat(x.double()), stat(draws.double())], 1).numpy()
+        np.testing.assert_allclose(points.get_offsets(), expected, rtol=1e-5, atol=1e-7)
+    for ax, j in zip(histograms, (10, 20), strict=True):
+        assert ax.get_title() == f"$x_{{{j}}}$"
+        data_bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+        widths = np.array([b.get_width() for b in data_bars])
+        assert float((widths * np.array([b.get_height() for b in data_bars])).sum()) == pytest.approx(1.0, abs=0.02)
+    assert _legend_texts(histograms[0]) == ["data (100)", "x ~ p(x) (300)"]
+    _png(fig)
+    with pytest.raises(ValueError, match="same D"):
+        plots.feature_marginals(x, draws[:, :10], features=[0])

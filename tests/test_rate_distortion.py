@@ -14,9 +14,10 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 import elbokit as ek
 from conftest import Z
-from elbokit.diagnostics.rate_distortion import SweepPoint, elbo_line, rate_distortion, sweep
+from elbokit.diagnostics.rate_distortion import SweepPoint, elbo_line, rate_distortion
 from elbokit.models import LinearGaussian
 from elbokit.runs import open_run
+from elbokit.sweeps import sweep
 
 
 def _data(model: LinearGaussian, n: int = 64) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """``elbokit report`` and ``fit --report`` on small real runs: one self-contained, valid HTML page with every
 section, diagnostics reused only while they belong to the checkpoint, bad input refused without losing the page,
-and the page rendered by headless Chromium with no console errors."""
+and the page rendered by headless Chromium with no console errors. (The report of a model without a run
+directory, :func:`elbokit.report.write`: tests/test_report_write.py.)"""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ import pytest
 from elbokit.cli import main
 
 SECTIONS = ("header", "summary", "training", "samples", "reconstructions", "traversals", "latent-space", "manifold",
-            "kl-per-dim", "gaps", "iwae", "rate-distortion", "mode-seeking")  # fmt: skip
+            "kl-per-dim", "gaps", "iwae", "pareto-k", "worst-points", "rate-distortion")  # fmt: skip
+#: Data that are not images: per-feature figures in place of the image ones.
+FEATURE_SECTIONS = ("header", "summary", "training", "feature-reconstructions", "posterior-predictive",
+                    "latent-space", "kl-per-dim", "gaps", "iwae", "pareto-k", "worst-points",
+                    "rate-distortion")  # fmt: skip
 SUMMARY_ROWS = ("ELBO (analytic KL)", "log p(x), importance sampled", "L[q*]", "L[q], the encoder's",
-                "approximation gap", "amortization gap", "active units", "I(x; z)", "bits per dimension")  # fmt: skip
+                "approximation gap", "amortization gap", "active units", "I(x; z)")  # fmt: skip
 FAST = ("--k", "50", "--limit", "60")
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "wbr", "col", "area", "base", "embed", "param", "track"}
 
@@ -100,8 +105,7 @@ def test_report_is_one_valid_self_contained_page_with_every_section(report: Path
     assert c.doctype.lower() == "doctype html"
     assert c.errors == [] and c.stack == []
     assert '<html lang="en">' in page and '<meta charset="utf-8">' in page and "<title>" in page
-    for section in SECTIONS:
-        assert section in c.ids, section
+    assert re.findall(r'<section id="([^"]+)"', page) == list(SECTIONS)  # every section, in order
     assert len(set(c.ids)) == len(c.ids)
     # Self-contained: every reference is an inline image; nothing names another file or host.
     assert c.urls and all(u.startswith("data:image/png;base64,") for u in c.urls)
@@ -109,6 +113,8 @@ def test_report_is_one_valid_self_contained_page_with_every_section(report: Path
     # Every figure the digits run can have is drawn (none replaced by a note), and each is a real PNG.
     assert "Not drawn" not in page
     assert len(c.images) == len(SECTIONS) - 2  # all but the header and the summary are figures
+    assert "mode-seeking" not in page and "Why the ELBO" not in page  # the toy lives in examples/mode_seeking.py
+    assert "coloured by label" in page  # the digits have labels
     for src in c.images:
         png = base64.b64decode(src.split(",", 1)[1])
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") > 100
@@ -129,9 +135,15 @@ def test_summary_holds_the_diagnostics_numbers(report: Path, digits_run: Path) -
     for value in (d["elbo"], d["log_px"], d["gaps"]["approximation"], d["gaps"]["amortization"],
                   d["surgery"]["mutual_information"]):  # fmt: skip
         assert shown(value) in text
-    bits = -d["log_px"] / (64 * 0.6931471805599453)
-    assert f"{bits:.4f}" in text
+    # The digits are grey levels in [0, 1] under a continuous likelihood: log p(x) is a density, so no bits/dim.
+    assert "bits per dimension" not in text
     assert f"{d['active_units']} of 3" in text
+    assert f"the first {d['n']} points of the test split" in text
+    state = json.loads((digits_run / "state.json").read_text())
+    assert f"after {state['epoch']} epochs, {state['step']} steps" in text
+    # The worst-explained point by log p(x) heads the table of worst points.
+    log_px = d["points"]["log_px"]
+    assert f"#{log_px.index(min(log_px))}" in text
     config = json.loads((digits_run / "config.json").read_text())
     assert '"digits"' in text and str(config["latent_dim"]) in text
 
@@ -173,7 +185,9 @@ def test_fit_report_writes_the_page_at_the_end(tmp_path: Path, capsys: pytest.Ca
     assert "on the two latents" in page  # a 2-D latent space is drawn as it is
 
 
-def test_non_image_data_get_notes_instead_of_image_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_image_data_get_feature_figures_instead_of_image_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     argv = ["fit", "--data", "synthetic", "--out", str(out), "--epochs", "1", "--latent-dim", "1", "--hidden", "16",
             "--quiet", "--device", "cpu", "--limit", "200", "--likelihood", "gaussian"]  # fmt: skip
@@ -181,10 +195,12 @@ def test_non_image_data_get_notes_instead_of_image_figures(tmp_path: Path, capsy
     assert main(["report", str(out), *FAST]) == 0
     page = (out / "report.html").read_text(encoding="utf-8")
     c = _parse(page)
-    assert c.errors == [] and all(s in c.ids for s in SECTIONS)
-    assert page.count("Not drawn: the data are not images") == 3  # samples, reconstructions, traversals
-    assert page.count("Not drawn: the latent space is 1-dimensional") == 2  # latent space, manifold
-    assert "bits per dimension" not in page
+    assert c.errors == [] and re.findall(r'<section id="([^"]+)"', page) == list(FEATURE_SECTIONS)
+    assert "not images" not in page and "samples" not in c.ids and "manifold" not in c.ids
+    assert page.count("Not drawn") == 1  # only the latent space: a 1-dimensional latent has no plane
+    assert "Not drawn: the latent space is 1-dimensional" in page
+    assert "bits per dimension" not in page  # a Gaussian likelihood: log p(x) is a density
+    assert "coloured by label" not in page  # the synthetic data have no labels
 
 
 def test_bad_input_is_one_line_and_keeps_the_earlier_page(

@@ -13,7 +13,11 @@ The whole public API::
     ek.AmortizedFlow, ek.LocalFlow                                             # flow guides (elbokit[flows])
     ek.VAE.mlp(784, 50, hidden=(200, 200), likelihood="bernoulli")             # a model whose encoder is a guide
     ek.fit(vae, vae.encoder, ek.data.load("binarized-mnist"), ek.RunConfig(epochs=10))  # -> FitResult
+    ek.Run.open("runs/demo")  # a run directory: .evaluate() .diagnose() .report() .sample() (elbokit.runs)
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from elbokit import data
 from elbokit import distributions as _distributions  # noqa: F401  (registers extra KL pairs)
@@ -21,8 +25,20 @@ from elbokit.config import RunConfig
 from elbokit.estimators import elbo, gradient_variance, iwae, iwae_bound, log_marginal, log_weights
 from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian
 from elbokit.models import VAE, FixedGuide, Guide, LatentModel, LinearGaussian
-from elbokit.train import FitResult, fit
 from elbokit.types import Bound, Estimate, GradientStats
+
+if TYPE_CHECKING:
+    from elbokit.runs import Run
+    from elbokit.train import FitResult, fit
+
+#: Names whose modules load on first use: the trainer and the run directory (``import elbokit.cli`` stays light).
+_LAZY = {"fit": "elbokit.train", "FitResult": "elbokit.train", "Run": "elbokit.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'elbokit' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 
@@ -40,6 +56,7 @@ __all__ = [
     "LinearGaussian",
     "LocalFlow",
     "LocalGaussian",
+    "Run",
     "RunConfig",
     "__version__",
     "data",

@@ -21,7 +21,11 @@ OBJECTIVES = ("elbo", "iwae")
 GRADIENTS = {"elbo": ("reparam", "score", "stl"), "iwae": ("reparam", "stl", "dreg")}
 ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "gelu")
 LR_SCHEDULES = ("constant", "burda")
+PROPOSALS = ("encoder", "refined")  # log p(x)'s importance-sampling proposal: q(z|x), or q refined per point
 GUIDES = "gaussian, full or flow[:K]"
+AUTO_LIKELIHOOD = "auto"
+#: The likelihood "auto" picks for each kind of data (a Dataset's ``support``).
+LIKELIHOOD_FOR_SUPPORT = {"binary": "bernoulli", "unit": "bernoulli", "real": "gaussian:learned"}
 DEFAULT_FLOW_TRANSFORMS = 4
 
 
@@ -63,8 +67,10 @@ class RunConfig:
     latent_dim: int = 50  # d, dimension of z
     hidden: tuple[int, ...] = (200, 200)  # encoder hidden sizes; the decoder mirrors them
     activation: str = "tanh"  # between hidden layers: tanh, relu, softplus, elu or gelu
-    # p(x|z): bernoulli, continuous-bernoulli, gaussian[:SCALE|learned|decoder], laplace[:SCALE|learned|decoder]
-    likelihood: str = "bernoulli"
+    # p(x|z): bernoulli, continuous-bernoulli, gaussian[:SCALE|learned|decoder], laplace[:SCALE|learned|decoder],
+    # or "auto": follows the data (values in {0, 1} or [0, 1]: bernoulli; other reals: gaussian:learned), and a run
+    # records what it chose
+    likelihood: str = "auto"
     # q(z|x): "gaussian" (diagonal), "full" (full covariance) or "flow[:K]" (the diagonal Gaussian pushed through K
     # inverse autoregressive steps conditioned on the encoder's last hidden layer, default K = 4; needs zuko)
     guide: str = "gaussian"
@@ -88,6 +94,8 @@ class RunConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda[:i]"
     # -- output --
     quiet: bool = False  # no progress bar
+    log_every: int | None = None  # also log train bound, β and lr every N steps to steps.jsonl (None: per epoch only)
+    tensorboard: bool = False  # also write TensorBoard event files to DIR/tensorboard (needs elbokit[tensorboard])
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
@@ -105,7 +113,7 @@ class RunConfig:
                 _check_str(name, getattr(self, name))
         for name in ("latent_dim", "k", "epochs", "batch_size"):
             _check_int(name, getattr(self, name), low=1)
-        for name in ("limit", "patience"):
+        for name in ("limit", "patience", "log_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), low=1)
         _check_int("seed", self.seed, low=0)
@@ -116,8 +124,9 @@ class RunConfig:
         self.lr = _check_float("lr", self.lr, low=0.0, strict=True)
         if self.clip is not None:
             self.clip = _check_float("clip", self.clip, low=0.0, strict=True)
-        if not isinstance(self.quiet, bool):
-            raise ValueError(f"quiet must be true or false, got {self.quiet!r}")
+        for name in ("quiet", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _check_extra(self.extra)
         if not self.data.strip():
             raise ValueError("data must name a dataset or a file, got an empty string")
@@ -140,7 +149,8 @@ class RunConfig:
         from elbokit.models.likelihoods import make_likelihood
         from elbokit.train.schedules import parse_schedule
 
-        make_likelihood(self.likelihood, data_dim=1)
+        if self.likelihood != AUTO_LIKELIHOOD:
+            make_likelihood(self.likelihood, data_dim=1)
         schedule = parse_schedule(self.anneal)
         if self.objective == "iwae" and (schedule.kind != "constant" or self.beta != 1.0):
             raise ValueError(f"β and annealing apply to the elbo objective; the iwae objective is the IWAE_k bound "

@@ -7,7 +7,9 @@ EVENT is one of
     replace:NAME:N    during the N-th atomic write of NAME: its temporary file is written and fsynced, not yet renamed
     written:NAME:N    just after the N-th atomic write of NAME (renamed into place)
     append:N          in the middle of the N-th line appended to metrics.jsonl (a torn line)
-    slow:SECONDS      no kill: sleep SECONDS before each training step (to hold the run open for concurrency tests)
+    slow:SECONDS      no kill: sleep SECONDS before each training step
+    gate:N:PATH       no kill: before the N-th step, wait until the file PATH exists (holds the run open, lock
+                      held, for as long as a concurrency test needs)
     none              no fault
 """
 
@@ -31,7 +33,7 @@ def _install(event: str) -> None:
     kind, _, rest = event.partition(":")
     if kind == "none":
         return
-    if kind in ("step", "slow"):
+    if kind in ("step", "slow", "gate"):
         from elbokit.train import step as step_module
 
         original = step_module.TrainStep.__call__
@@ -43,6 +45,10 @@ def _install(event: str) -> None:
                 _die()
             if kind == "slow":
                 time.sleep(float(rest))
+            if kind == "gate":
+                nth, _, path = rest.partition(":")
+                while count[0] == int(nth) and not Path(path).exists():
+                    time.sleep(0.02)
             return original(self, x)
 
         step_module.TrainStep.__call__ = call  # type: ignore[method-assign]

@@ -172,7 +172,8 @@ CASES = [
          fresh_out=True),  # was: exit 1 (MemoryError)
     Case("data-nan", [*NEW[:2], "{TMP}/nan.npy", *NEW[3:]], "NaN or inf",
          _npy("nan.npy", np.full((30, 4), np.nan, dtype=np.float32)), fresh_out=True),
-    Case("data-outside-bernoulli", [*NEW[:2], "{TMP}/big.npy", *NEW[3:]], "needs x in [0, 1]",
+    Case("data-outside-bernoulli", [*NEW[:2], "{TMP}/big.npy", *NEW[3:], "--likelihood", "bernoulli"],
+         "needs x in [0, 1]",
          _npy("big.npy", np.full((30, 4), 3.0, dtype=np.float32)), fresh_out=True),
     Case("data-1d", [*NEW[:2], "{TMP}/flat.npy", *NEW[3:]], "expected a 2-D",
          _npy("flat.npy", np.zeros(30, dtype=np.float32)), fresh_out=True),

@@ -1,6 +1,8 @@
 """Nothing from a run folder reaches ``report.html`` live: markup planted in any file of a real run (the diagnostics,
 the checkpoint's metadata and state.json, dataset.json, config.json, metrics.jsonl, sweep.json, the folder's own
-name) is escaped, recomputed or refused with one line, so the page keeps its promise of no JavaScript."""
+name) is escaped, recomputed or refused with one line, so the page keeps its promise of no JavaScript. The run
+reads its files (:meth:`Run.report`) and hands their contents to :func:`elbokit.report.render`, which escapes
+whatever it is given."""
 
 from __future__ import annotations
 
@@ -20,17 +22,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
-import elbokit.cli_report
-import elbokit.diagnostics
-import elbokit.report.html
+import elbokit.report
+import elbokit.report.sections
 from elbokit.cli import main
-from elbokit.cli_diagnose import diagnose
-from elbokit.cli_report import current_diagnostics, report
 from elbokit.config import RunConfig
-from elbokit.diagnostics import GapSummary, ModeSeekingResult, RatePoint, SweepPoint
-from elbokit.report.html import read_history, read_sweep, render_report
+from elbokit.diagnostics import AisFigure, Diagnosis, GapSummary, RatePoint, SweepPoint
 from elbokit.report.images import png_bytes
-from elbokit.runs import open_run
+from elbokit.report.sections import numbers_only
+from elbokit.runs import Run, current_diagnosis, open_run, read_description, read_history
+from elbokit.runs.run import read_sweep
 
 PAYLOADS = ("<script>alert(1)</script>", '"><script>x</script>', "<img src=x onerror=alert(1)>")
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "section", "details", "summary",
@@ -52,23 +52,17 @@ def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(argv) == 0
     with warnings.catch_warnings():  # 20 points, k = 10: diagnose may warn of heavy-tailed weights
         warnings.simplefilter("ignore")
-        diagnose(out, **SMALL, split="test", refine_steps=20, ais_steps=None, seed=0)
+        Run.open(out).diagnose(**SMALL, split="test", refine_steps=20, seed=0)
     return out
 
 
-@pytest.fixture(scope="module")
-def mode() -> ModeSeekingResult:
-    return elbokit.diagnostics.mode_seeking()
-
-
 @pytest.fixture(autouse=True)
-def _fast_pages(mode: ModeSeekingResult, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pages in a fraction of the time, the same text: the mode-seeking toy problem (the same on every page) is
-    solved once for the module, and each figure, still drawn, is encoded as one grey pixel. A figure reaches the
-    page only as base64 PNG, which cannot carry markup; encoding it (savefig) is most of a page's time."""
-    monkeypatch.setattr(elbokit.diagnostics, "mode_seeking", lambda: mode)
+def _fast_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages in a fraction of the time, the same text: each figure, still drawn, is encoded as one grey pixel. A
+    figure reaches the page only as base64 PNG, which cannot carry markup; encoding it (savefig) is most of a
+    page's time."""
     pixel = png_bytes(torch.full((1, 1), 0.5))
-    monkeypatch.setattr(elbokit.report.html, "_png", lambda figure: pixel)
+    monkeypatch.setattr(elbokit.report.sections, "_png", lambda figure: pixel)
 
 
 @pytest.fixture
@@ -80,16 +74,17 @@ def run(base_run: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def diagnose_calls(base_run: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
-    """``diagnose`` replaced by the base run's own diagnostics (the numbers are not under test here); the list
-    records each recomputation."""
+    """``diagnose`` replaced by the base run's own diagnostics (the numbers are not under test here), labelled
+    with the run's checkpoint as :meth:`Run.diagnose` labels them; the list records each recomputation."""
     pristine = json.loads((base_run / "diagnostics.json").read_text())
     calls: list[Path] = []
 
-    def fake(run_dir: Path, **_: Any) -> dict[str, Any]:
-        calls.append(run_dir)
-        return copy.deepcopy(pristine)
+    def fake(self: Run, **_: Any) -> Diagnosis:
+        calls.append(self.path)
+        d = Diagnosis.from_dict(copy.deepcopy(pristine))
+        return dataclasses.replace(d, epoch=self.state.get("epoch"), step=self.state.get("step"))
 
-    monkeypatch.setattr(elbokit.cli_report, "diagnose", fake)
+    monkeypatch.setattr(Run, "diagnose", fake)
     yield calls
 
 
@@ -121,7 +116,7 @@ def assert_inert(page: str) -> None:
 def render_or_refuse(run_dir: Path) -> str | None:
     """The page ``elbokit report`` writes, or None where it refused with a one-line ValueError."""
     try:
-        return report(run_dir, **SMALL, say=lambda s: None).read_text(encoding="utf-8")
+        return Run.open(run_dir).report(**SMALL).read_text(encoding="utf-8")
     except ValueError as err:
         assert str(err) and "\n" not in str(err)
         return None
@@ -167,11 +162,11 @@ def test_a_payload_in_any_diagnostics_field_is_recomputed_or_never_shown(
     never rendered) unless the report never reads that field; all those at once render an inert page."""
     d = _read(run / "diagnostics.json")
     step = _read(run / "state.json")["step"]
-    assert current_diagnostics(run, step) is not None  # the run's own file is current
+    assert current_diagnosis(run, step) is not None  # the run's own file is current
     kept = []
     for path in _leaves(d):
         _write(run / "diagnostics.json", _planted(d, path, payload))
-        if current_diagnostics(run, step) is not None:
+        if current_diagnosis(run, step) is not None:
             kept.append(path)
     # Every field the report draws from was refused (so `diagnose` recomputes it); only unread ones stay.
     assert set(kept) <= UNREAD, set(kept) - UNREAD
@@ -212,15 +207,15 @@ def test_unparseable_files_are_stale_or_refused(run: Path) -> None:
     step = _read(run / "state.json")["step"]
     for text in ("{", deep, PAYLOADS[0]):
         (run / "diagnostics.json").write_text(text)
-        assert current_diagnostics(run, step) is None
+        assert current_diagnosis(run, step) is None
         (run / "metrics.jsonl").write_text(text + "\n")
-        with pytest.raises(ValueError, match=r"metrics\.jsonl, line 1: not JSON"):
+        with pytest.raises(ValueError, match=r"metrics\.jsonl, line 1: not"):
             read_history(run)
         (run / "sweep.json").write_text(text)
         with pytest.raises(ValueError, match=r"sweep\.json"):
             read_sweep(run)
     (run / "diagnostics.json").write_bytes(b"\xff\xfe{}")
-    assert current_diagnostics(run, step) is None
+    assert current_diagnosis(run, step) is None
 
 
 @pytest.mark.parametrize(("field", "value"), WRONG, ids=[f"{f}={v!r}"[:60] for f, v in WRONG])
@@ -228,26 +223,34 @@ def test_wrong_typed_diagnostics_are_recomputed(base_run: Path, tmp_path: Path, 
     d = _read(base_run / "diagnostics.json")
     step = _read(base_run / "state.json")["step"]
     shutil.copy(base_run / "diagnostics.json", tmp_path / "diagnostics.json")
-    assert current_diagnostics(tmp_path, step) is not None
+    assert current_diagnosis(tmp_path, step) is not None
     _write(tmp_path / "diagnostics.json", _planted(d, tuple(field.split(".")), value))
-    assert current_diagnostics(tmp_path, step) is None
+    assert current_diagnosis(tmp_path, step) is None
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_render_report_escapes_every_text_field_of_the_diagnostics(base_run: Path, payload: str) -> None:
-    """Fields shown only as text, passed straight to render_report (no validation on the way): escaped."""
-    d = _read(base_run / "diagnostics.json")
-    for field in ("k", "split", "elbo", "pareto_k_max", "pareto_k_over_threshold", "elbo_kl", "gaps.family",
-                  "gaps.reference", "gaps.steps", "gaps.unreliable", "gaps.pareto_k_max", "surgery.log_n",
-                  "surgery.marginal_kl", "surgery.average_kl"):  # fmt: skip
-        d = _planted(d, tuple(field.split(".")), payload)
-    d["ais"] = {"steps": payload, "value": d["log_px"], "stderr": 0.1}
+def test_render_escapes_every_text_field_of_the_diagnosis_and_every_argument(base_run: Path, payload: str) -> None:
+    """Fields shown only as text, set on the Diagnosis with no validation on the way (a dataclass does not check
+    types), and every text argument of render: escaped."""
+    d = Diagnosis.from_dict(_read(base_run / "diagnostics.json"))
+    g, s = d.gaps, d.surgery
+    d = dataclasses.replace(
+        d, k=payload, split=payload, elbo=payload, pareto_k_max=payload, pareto_k_over_threshold=payload,
+        elbo_kl=payload, gaps=g._replace(family=payload, reference=payload, steps=payload, unreliable=payload,
+                                         pareto_k_max=payload),
+        surgery=s._replace(log_n=payload, marginal_kl=payload, average_kl=payload),
+        ais=AisFigure(steps=payload, value=d.log_px, stderr=0.1),
+        epoch=payload, step=payload,  # the checkpoint's, shown as text
+    )  # fmt: skip
     run = open_run(base_run)
-    # The checkpoint's epoch and step too, whether or not loading a checkpoint lets such a value through.
-    run = dataclasses.replace(run, state=run.state | {"epoch": payload, "step": payload})
-    page = render_report(run, d)
+    history = [row | {"train_bound": payload, payload: 1.0} for row in run.metrics]
+    page = elbokit.report.render(
+        d, model=run.model, x=run.data.test, labels=run.data.test_labels, image_shape=run.data.image_shape,
+        discrete=True, history=history, settings=run.config.to_dict() | {payload: payload},
+        dataset=read_description(base_run) | {"name": payload}, title=payload,
+    )  # fmt: skip
     assert_inert(page)
-    assert page.count(html.escape(payload)) >= 10
+    assert page.count(html.escape(payload)) >= 15
 
 
 # -- the checkpoint, state.json, dataset.json, config.json and the folder's name -------------------------------
@@ -321,12 +324,13 @@ def test_non_numbers_in_metrics_are_dropped_and_never_shown(run: Path) -> None:
     rows[0] |= {"train_bound": PAYLOADS[0], "validation_kl": {"x": PAYLOADS[1]}, "beta": [PAYLOADS[2]],
                 "lr": True, PAYLOADS[0]: 1.0}  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    history = read_history(run)
+    history = numbers_only(read_history(run))  # what the report draws from the rows it is handed
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for row in history for v in row.values())
     assert "train_bound" not in history[0] and history[0]["train_kl"] == rows[0]["train_kl"]
     page = render_or_refuse(run)
     assert page is not None
     assert_inert(page)
+    assert html.escape(PAYLOADS[0]) not in page
 
 
 @pytest.mark.parametrize("line", [json.dumps(PAYLOADS[0]), json.dumps([PAYLOADS[1]]), "1", "null"])

@@ -168,12 +168,12 @@ def trained(straight: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 def test_two_writers_on_one_folder(straight: tuple[Path, Path], tmp_path: Path) -> None:
-    """While one fit trains (slowed to 0.5 s a step), a second `fit --resume`, a `fit --overwrite` and a `sweep`
-    on the folder are refused with the holder's PID; a reader reads a whole checkpoint; the first run ends as an
-    uninterrupted run does."""
+    """While one fit trains (held before its 10th step, after its first checkpoint, until the others are done), a
+    second `fit --resume`, a `fit --overwrite` and a `sweep` on the folder are refused with the holder's PID; a
+    reader reads a whole checkpoint; the first run ends as an uninterrupted run does."""
     data, expected = straight
-    run = tmp_path / "run"
-    proc = subprocess.Popen(_driver("slow:0.5", _fit(data, run)), env=ENV, stderr=subprocess.PIPE)
+    run, gate = tmp_path / "run", tmp_path / "release"
+    proc = subprocess.Popen(_driver(f"gate:10:{gate}", _fit(data, run)), env=ENV, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not (run / "checkpoint.safetensors").exists():
@@ -185,13 +185,15 @@ def test_two_writers_on_one_folder(straight: tuple[Path, Path], tmp_path: Path) 
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(lambda argv: subprocess.run([sys.executable, "-m", "elbokit.cli", *argv], env=ENV,
                                     capture_output=True, text=True, timeout=120), [*writers, reader]))  # fmt: skip
-        assert proc.poll() is None, "the first run ended before the others were tried: slow it down"
+        assert proc.poll() is None, "the first run ended before the others were tried"
+        gate.touch()
         for second in results[:3]:
             lines = second.stderr.strip().splitlines()
             assert second.returncode == 2 and len(lines) == 1, second.stderr
             assert f"in use by another elbokit command (PID {proc.pid})" in lines[0], lines[0]
         assert results[3].returncode == 0, results[3].stderr
     finally:
+        gate.touch()
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     os.unlink(run / "evaluation.json")  # the reader's output, not part of the run compared

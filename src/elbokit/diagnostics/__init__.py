@@ -15,28 +15,38 @@
     dx.rate_distortion(model, guide, x)   # rate = KL, distortion = -E_q log p(x|z)
     dx.sweep(config, betas)               # one model per beta: the rate-distortion curve
     dx.mode_seeking()                     # a Gaussian fitted to two modes by the reverse and the forward KL
+    dx.diagnose(model, guide, x, k=1000)  # all of the above at once: a Diagnosis (to_dict / from_dict)
 """
 
+from typing import Any
+
 from elbokit.diagnostics.collapse import Collapse, collapse
+from elbokit.diagnostics.diagnose import diagnose
+from elbokit.diagnostics.diagnosis import AisFigure, Diagnosis, PointFigures, SurgeryFigure
 from elbokit.diagnostics.evidence import CurvePoint, ais, bdmc, iwae_curve, pareto_khat
 from elbokit.diagnostics.gaps import Gaps, GapSummary, gaps, refine
 from elbokit.diagnostics.mode_seeking import ModeSeekingResult, mode_seeking
-from elbokit.diagnostics.rate_distortion import RatePoint, SweepPoint, rate_distortion, sweep
+from elbokit.diagnostics.rate_distortion import RatePoint, SweepPoint, rate_distortion
 from elbokit.diagnostics.reference import reference_log_px, refined_proposal
 from elbokit.diagnostics.surgery import Surgery, surgery
 
 __all__ = [
+    "AisFigure",
     "Collapse",
     "CurvePoint",
+    "Diagnosis",
     "GapSummary",
     "Gaps",
     "ModeSeekingResult",
+    "PointFigures",
     "RatePoint",
     "Surgery",
+    "SurgeryFigure",
     "SweepPoint",
     "ais",
     "bdmc",
     "collapse",
+    "diagnose",
     "gaps",
     "iwae_curve",
     "mode_seeking",
@@ -48,3 +58,12 @@ __all__ = [
     "surgery",
     "sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``dx.sweep``, which trains runs, lives in :mod:`elbokit.sweeps` (above the runs); imported on first use."""
+    if name == "sweep":
+        from elbokit.sweeps import sweep
+
+        return sweep
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,11 @@ one file, it is replaced atomically (temporary file, fsync, rename, fsync of the
 previous checkpoint or the new one, never a mix. ``state.json`` beside it is a readable copy of the metadata,
 written after it.
 
+``best.safetensors`` (:data:`BEST`) beside it has the same format and content at the epoch whose validation bound
+was the best so far; its metadata's ``"saved"`` is ``"best"`` and its ``"epoch"`` and ``"step"`` say which epoch
+it is. ``fit`` writes it before that epoch's checkpoint, so a crash between the two leaves a checkpoint of the
+epoch before, from which the resumed run takes the same steps and writes the same best file again.
+
 Loading reads the safetensors format only (never pickle) and refuses, with one line naming the file, a
 truncated or foreign file and one whose tensors do not fit the model.
 """
@@ -29,6 +34,7 @@ from torch import Tensor, nn
 from elbokit._io import atomic_write
 
 CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"  # the checkpoint at the best validation bound so far
 STATE = "state.json"
 FORMAT = "elbokit-checkpoint-1"
 
@@ -75,30 +81,34 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     generators: dict[str, torch.Generator] | None = None,
+    name: str = CHECKPOINT,
 ) -> None:
-    """Write ``run_dir/checkpoint.safetensors`` atomically, then ``state.json`` beside it."""
+    """Write ``run_dir/<name>`` atomically (``checkpoint.safetensors`` by default, or :data:`BEST`), then, for
+    ``checkpoint.safetensors`` only, ``state.json`` beside it."""
     tensors: dict[str, Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        tensors[f"model.{name}"] = tensor.detach().cpu().contiguous().clone()
+    for key, tensor in model.state_dict().items():
+        tensors[f"model.{key}"] = tensor.detach().cpu().contiguous().clone()
     opt = optimizer.state_dict()
     for index, param_state in opt["state"].items():
         for key, value in param_state.items():
             if not isinstance(value, Tensor):
                 raise TypeError(f"optimizer state {key!r} is not a tensor; it cannot be checkpointed")
             tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous().clone()
-    tensors.update({name: t.cpu().contiguous() for name, t in rng_tensors(generators).items()})
+    tensors.update({key: t.cpu().contiguous() for key, t in rng_tensors(generators).items()})
     full_state = {"format": FORMAT, **state, "param_groups": opt["param_groups"]}
     metadata = {"elbokit": json.dumps(full_state)}
     run_dir = Path(run_dir)
-    atomic_write(run_dir / CHECKPOINT, save_tensors(tensors, metadata=metadata))
-    atomic_write(run_dir / STATE, (json.dumps(full_state, indent=2) + "\n").encode())
+    atomic_write(run_dir / name, save_tensors(tensors, metadata=metadata))
+    if name == CHECKPOINT:
+        atomic_write(run_dir / STATE, (json.dumps(full_state, indent=2) + "\n").encode())
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read a checkpoint without unpickling; CheckpointError for a missing, truncated or foreign file."""
-    path = Path(run_dir) / CHECKPOINT
+def load_checkpoint(run_dir: Path, *, name: str = CHECKPOINT) -> Checkpoint:
+    """Read ``run_dir/<name>`` (the last checkpoint by default, :data:`BEST` for the best epoch's) without
+    unpickling; CheckpointError for a missing, truncated or foreign file."""
+    path = Path(run_dir) / name
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {run_dir} ({CHECKPOINT} is missing)")
+        raise CheckpointError(f"no checkpoint in {run_dir} ({name} is missing)")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

@@ -2,10 +2,16 @@ r"""``fit()``: a plain training loop over ``torch.optim.Adam`` on any of the eng
 
 Each step maximises the chosen bound on a minibatch (it minimises ``Bound.loss``): the β_t-weighted ELBO with
 an analytic KL where one is registered, or IWAE_k. After each epoch the validation bound is computed, a line
-is appended to ``metrics.jsonl`` and the checkpoint is replaced atomically. Everything random (parameter
-initialisation, data order, dynamic binarization, Monte-Carlo draws) follows from the seed, and the data order
-and binarization of an epoch depend only on (seed, epoch), so a run resumed from its checkpoint takes exactly
-the steps an uninterrupted run takes and ends with bit-identical parameters (same machine and thread count).
+is appended to ``metrics.jsonl`` and the checkpoint is replaced atomically, after ``best.safetensors`` when the
+validation bound is the best so far. With ``log_every`` set, every N-th step also appends its minibatch bound,
+β_t and learning rate to ``steps.jsonl`` (one read from the device per logged step; the other steps read
+nothing); with ``tensorboard``, the epochs' and logged steps' figures also go to TensorBoard event files.
+
+Everything random (parameter initialisation, data order, dynamic binarization, Monte-Carlo draws) follows from
+the seed, and the data order and binarization of an epoch depend only on (seed, epoch), so a run resumed from its
+checkpoint takes exactly the steps an uninterrupted run takes and ends with bit-identical parameters (same
+machine and thread count), the same ``best.safetensors`` and the same lines in ``metrics.jsonl`` and
+``steps.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,9 +36,11 @@ from tqdm import tqdm
 from elbokit._io import atomic_write
 from elbokit.config import RunConfig
 from elbokit.data import Dataset
+from elbokit.errors import TrainingDiverged
 from elbokit.estimators._weights import check_data
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.checkpoint import (
+    BEST,
     CHECKPOINT,
     check_state,
     load_checkpoint,
@@ -46,10 +54,16 @@ from elbokit.train.schedules import check_reaches_target, lr_factor, parse_sched
 from elbokit.train.step import NonFiniteStep, TrainStep, make_optimizer, unvalidated
 
 METRICS = "metrics.jsonl"
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite bound or gradient: training stopped, the last good checkpoint is kept."""
+STEPS = "steps.jsonl"  # with config.log_every: one line per N steps
+TENSORBOARD = "tensorboard"  # with config.tensorboard: the folder of TensorBoard event files
+TENSORBOARD_MISSING = "tensorboard needs the tensorboardX package: pip install 'elbokit[tensorboard]'"
+#: TensorBoard tags of an epoch's figures, and their keys in its metrics record.
+_EPOCH_SCALARS = (
+    ("train/bound", "train_bound"), ("train/reconstruction", "train_reconstruction"), ("train/kl", "train_kl"),
+    ("validation/bound", "validation_bound"), ("validation/elbo", "validation_elbo"),
+    ("validation/reconstruction", "validation_reconstruction"), ("validation/kl", "validation_kl"),
+    ("epoch/beta", "beta"), ("epoch/lr", "lr"),
+)  # fmt: skip
 
 
 @dataclass
@@ -133,17 +147,24 @@ def fit(
         guide: x -> q(z|x) (e.g. ``vae.encoder``).
         data: train / validation splits; ``data.binarize == "dynamic"`` draws x ~ Bernoulli(train) per epoch.
         config: objective, schedule, optimisation settings and seed.
-        out: run directory for ``metrics.jsonl`` and the checkpoint (None: nothing written).
+        out: run directory (None: nothing written) for ``metrics.jsonl`` (a line per epoch), the checkpoint
+            ``checkpoint.safetensors`` (+ ``state.json``) of the last epoch, ``best.safetensors`` of the epoch
+            with the best validation bound (written before that epoch's checkpoint), with ``config.log_every``
+            ``steps.jsonl`` (``{"step", "epoch", "beta", "lr", "bound"}`` every N steps: β_t and the minibatch's
+            mean bound of that step), and with ``config.tensorboard`` event files in ``tensorboard/``.
         resume: continue from ``out``'s checkpoint; a run killed before its first checkpoint starts again from
-            the beginning (the model must then be freshly initialised, as for a new run).
+            the beginning (the model must then be freshly initialised, as for a new run). ``metrics.jsonl`` and
+            ``steps.jsonl`` lose what comes after the checkpoint, so that they end as an uninterrupted run's.
         on_epoch: called with each epoch's metrics.
-        on_checkpoint: called after each checkpoint is written.
+        on_checkpoint: called after each checkpoint is written (not after ``best.safetensors``).
 
     Returns:
-        FitResult. Raises TrainingDiverged on a non-finite bound or gradient (the last checkpoint is kept).
+        FitResult. Raises TrainingDiverged on a non-finite bound or gradient (the last checkpoint is kept), and
+        ValueError, before anything is written, for ``config.tensorboard`` without the tensorboardX package.
     """
     latent = cast(LatentModel, model)
     config.validate()  # a config changed after construction is checked again
+    summary_writer = _summary_writer_class() if config.tensorboard and out is not None else None
     device = resolve_device(config.device)
     model.to(device)
     if isinstance(guide, nn.Module):
@@ -191,8 +212,10 @@ def fit(
         sums = dict(s["sums"])
         best, since_best = s.get("best"), int(s.get("since_best", 0))
         history = _read_metrics(out, keep=epoch)
+        _read_steps(out, keep=step)
     elif resume and out is not None:
-        (out / METRICS).unlink(missing_ok=True)  # killed before its first checkpoint: start again
+        for name in (METRICS, STEPS, BEST):  # killed before its first checkpoint: start again
+            (out / name).unlink(missing_ok=True)
 
     def save(where: str) -> None:
         if out is None:
@@ -201,6 +224,11 @@ def fit(
             "epoch": epoch, "position": position, "step": step, "sums": sums, "best": best,
             "since_best": since_best, "config": config.to_dict(), "saved": where,
         }  # fmt: skip
+        if where == "epoch" and since_best == 0:
+            # The best file first: killed between the two writes, the run resumes from the epoch before, takes
+            # the same steps and writes the same best file again. (The other order would leave a checkpoint that
+            # claims this epoch as its best beside a best file of an earlier one.)
+            save_checkpoint(out, model=model, optimizer=optimizer, state={**state, "saved": "best"}, name=BEST)
         save_checkpoint(out, model=model, optimizer=optimizer, state=state)
         saved[0] = True
         if on_checkpoint is not None:
@@ -222,9 +250,12 @@ def fit(
         except NonFiniteStep as err:
             raise TrainingDiverged(f"{err} (epoch {err.step // steps_per_epoch + 1}); {kept()}") from None
 
+    # Per-step logs need somewhere to go; without them the steps read nothing back from the device.
+    log_every = config.log_every if out is not None else None
     progress = not config.quiet and sys.stderr.isatty()
     stopped = "completed"
-    with _stop_requests() as stop_requested, unvalidated():
+    logging = _logs(out, config, summary_writer, resumed_at=step if checkpoint is not None else None)
+    with _stop_requests() as stop_requested, unvalidated(), logging as logs:
         while epoch < config.epochs:
             lr = config.lr * lr_factor(config.lr_schedule, epoch, config.epochs)
             for group in optimizer.param_groups:
@@ -241,9 +272,18 @@ def fit(
                     bar.close()
                     return FitResult(epoch, step, history, best, "interrupted")
                 index = order[position * config.batch_size : (position + 1) * config.batch_size]
+                logged = log_every is not None and (step + 1) % log_every == 0
+                before = train_step._sums[0].clone() if logged else None  # on the device: no read yet
                 train_step(x_epoch[index])
                 position += 1
                 step += 1
+                if before is not None:
+                    bound = float(train_step._sums[0] - before) / index.shape[0]  # the one read
+                    if not math.isfinite(bound):
+                        read_sums()  # raises, naming the step and the term, when the guard caught it
+                        raise TrainingDiverged(f"non-finite bound at step {step - 1} (epoch {epoch + 1}); {kept()}")
+                    beta = config.beta * schedule.factor(step - 1)
+                    logs.step({"step": step, "epoch": epoch + 1, "beta": beta, "lr": lr, "bound": bound})
                 bar.update(1)
                 if progress and position % 20 == 0:
                     read_sums()
@@ -273,6 +313,7 @@ def fit(
             train_step.reset()
             if out is not None:
                 append_metrics(out / METRICS, record)
+            logs.epoch(record)
             save("epoch")
             if on_epoch is not None:
                 on_epoch(record)
@@ -280,6 +321,60 @@ def fit(
                 stopped = "early-stopping"
                 break
     return FitResult(epoch, step, history, best, stopped)
+
+
+def _summary_writer_class() -> Any:
+    """``tensorboardX.SummaryWriter``, imported only when asked for; ValueError naming the extra when missing."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ValueError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
+class _Logs:
+    """The optional per-step and TensorBoard logs of one ``fit`` call (either may be None)."""
+
+    def __init__(self, steps: IO[str] | None, board: Any) -> None:
+        self.steps, self.board = steps, board
+
+    def step(self, record: dict[str, Any]) -> None:
+        """One logged step's line in ``steps.jsonl`` (whole or, killed mid-write, torn and dropped on resume)."""
+        if self.steps is not None:
+            self.steps.write(json.dumps(record) + "\n")
+            self.steps.flush()
+        if self.board is not None:
+            for key in ("bound", "beta", "lr"):
+                self.board.add_scalar(f"step/{key}", record[key], record["step"])
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if self.board is not None:
+            for tag, key in _EPOCH_SCALARS:
+                self.board.add_scalar(tag, record[key], record["step"])
+            self.board.flush()
+
+
+@contextmanager
+def _logs(out: Path | None, config: RunConfig, summary_writer: Any, *, resumed_at: int | None) -> Iterator[_Logs]:
+    """Open ``steps.jsonl`` (with ``config.log_every``) and a TensorBoard writer (``summary_writer``, the class)
+    in ``out``, for the duration of the block; ``resumed_at``: the step of the checkpoint resumed from."""
+    steps = (out / STEPS).open("a", encoding="utf-8") if out is not None and config.log_every is not None else None
+    board = None
+    if summary_writer is not None and out is not None:
+        # Each writer adds a new events file. A resumed run logs again the steps after its checkpoint, already in
+        # an earlier file (duplicates, with equal values); purge_step tells TensorBoard to hide the earlier files'
+        # events from that step on (and a fresh run's: everything earlier files hold). The files are named by the
+        # second they were opened in and read in sorted order; the suffix keeps two opened in one second apart (the
+        # writer truncates a file of its name) and in the order they were written.
+        purge = 0 if resumed_at is None else resumed_at + 1
+        board = summary_writer(str(out / TENSORBOARD), purge_step=purge, filename_suffix=f".step{purge:012d}")
+    try:
+        yield _Logs(steps, board)
+    finally:
+        if board is not None:
+            board.close()
+        if steps is not None:
+            steps.close()
 
 
 def _set_training(model: nn.Module, guide: Guide, mode: bool) -> None:
@@ -308,6 +403,7 @@ def check_resume(out: Path, model: nn.Module, guide: Guide, config: RunConfig) -
     params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
     load_optimizer_state(make_optimizer(params, config.lr), checkpoint)
     _read_metrics(out, keep=int(checkpoint.state["epoch"]), rewrite=False)
+    _read_steps(out, keep=int(checkpoint.state["step"]), rewrite=False)
 
 
 def check_resumable(state: dict[str, Any], config: RunConfig) -> None:
@@ -348,3 +444,30 @@ def _read_metrics(out: Path, *, keep: int, rewrite: bool = True) -> list[dict[st
     if rewrite:
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
+
+
+def _read_steps(out: Path, *, keep: int, rewrite: bool = True) -> None:
+    """Drop the lines of ``steps.jsonl`` after step ``keep`` (logged after the checkpoint) and a torn last line (a
+    crash mid-write), rewriting the file to match; ValueError for a line that is not a step's record."""
+    path = out / STEPS
+    if not path.exists():
+        return
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    kept: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if record is None and number == len(lines):
+            break  # torn
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}, line {number}: not a step's record (corrupt file?)")
+        if record["step"] > keep:
+            break
+        kept.append(line)
+    if rewrite and len(kept) < len(lines):
+        atomic_write(path, "".join(kept).encode())

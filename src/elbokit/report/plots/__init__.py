@@ -2,12 +2,13 @@ r"""Figures of a run and of its diagnostics, as ``matplotlib.figure.Figure`` obj
 
 Each function here takes one of the library's typed results (a :class:`~elbokit.train.FitResult`, a
 :class:`~elbokit.models.VAE`, :class:`~elbokit.diagnostics.Collapse`, :class:`~elbokit.diagnostics.GapSummary`,
-IWAE curve points, rate-distortion points, :class:`~elbokit.diagnostics.ModeSeekingResult`) and returns a new
-Figure, built without pyplot: no backend is selected, no global figure registry is touched, and nothing is
-shown or saved (``fig.savefig(buffer, format="png")`` renders one, as the HTML report does). Values are in nats
-per data point. This package (``plots.training``; ``plots.latent``: images and the latent space; ``plots.bounds``:
-the bound's diagnostics) is the only part of elbokit that imports matplotlib, so the rest of the library, the
-training loop and the diagnostics included, runs without it.
+IWAE curve points, rate-distortion points, :class:`~elbokit.diagnostics.ModeSeekingResult`, per-point k̂, points
+with their reconstructions, draws from the model) and returns a new Figure, built without pyplot: no backend is
+selected, no global figure registry is touched, and nothing is shown or saved (``fig.savefig(buffer,
+format="png")`` renders one, as the HTML report does). Values are in nats per data point. This package
+(``plots.training``; ``plots.latent``: images and the latent space; ``plots.bounds``: the bound's diagnostics;
+``plots.points``: single points and single features) is the only part of elbokit that imports matplotlib, so the
+rest of the library, the training loop and the diagnostics included, runs without it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,19 @@ from elbokit.report.plots.latent import (
     reconstructions,
     sample_grid,
 )
+from elbokit.report.plots.points import (
+    PointGroup,
+    feature_marginals,
+    feature_reconstructions,
+    pareto_k_histogram,
+    point_reconstructions,
+)
 from elbokit.report.plots.training import training_curves
 
 __all__ = [
+    "PointGroup",
+    "feature_marginals",
+    "feature_reconstructions",
     "gap_waterfall",
     "iwae_curve",
     "kl_per_dim",
@@ -36,9 +47,10 @@ __all__ = [
     "latent_scatter",
     "latent_traversals",
     "mode_seeking",
+    "pareto_k_histogram",
+    "point_reconstructions",
     "rate_distortion",
     "reconstructions",
     "sample_grid",
     "training_curves",
 ]
-

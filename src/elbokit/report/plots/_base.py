@@ -18,7 +18,6 @@ NATS = "nats per data point"
 ACTIVE, INACTIVE = "C0", "0.65"  # bar colours of kl_per_dim
 
 
-
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
@@ -73,5 +72,3 @@ def _latent_reference(model: VAE) -> Tensor:
     """The prior's mean, (d,): zeros on the model's device and in its dtype."""
     mean: Tensor = model.prior().mean
     return mean
-
-

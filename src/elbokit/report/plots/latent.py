@@ -168,8 +168,10 @@ def latent_manifold(model: VAE, image_shape: tuple[int, int], *, dims: tuple[int
 # -- latent space ----------------------------------------------------------------------------------------------
 
 
-def latent_scatter(model: VAE, x: Tensor, labels: Tensor | None = None, *, dims: tuple[int, int] = (0, 1)) -> Figure:
-    """The encoder's means E_q[z|x] of the points of x on two latent dimensions, coloured by label.
+def latent_scatter(model: VAE, x: Tensor, labels: Tensor | None = None, *, dims: tuple[int, int] = (0, 1),
+                   colour_label: str = "label") -> Figure:  # fmt: skip
+    """The encoder's means E_q[z|x] of the points of x on two latent dimensions, coloured by label (or by any
+    value per point, such as its log p(x)).
 
     Look for the points filling the region of the prior N(0, I) (the circles mark 1 and 2 standard deviations)
     and for classes that separate; a dimension whose means all sit at 0 is collapsed.
@@ -180,6 +182,7 @@ def latent_scatter(model: VAE, x: Tensor, labels: Tensor | None = None, *, dims:
         labels: (N,) class labels (a legend when there are at most 20 integer classes, else a colour bar), or
             None for one colour.
         dims: the two latent dimensions on the x and y axes.
+        colour_label: what ``labels`` are, for the legend's title or the colour bar.
 
     Raises:
         ValueError: for a latent of dimension < 2, dims out of range, or labels that do not match x.
@@ -220,10 +223,12 @@ def latent_scatter(model: VAE, x: Tensor, labels: Tensor | None = None, *, dims:
             for c, label in enumerate(classes.tolist()):
                 chosen = (values == label).numpy()
                 ax.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.7, color=cmap(c), label=str(label))
-            ax.legend(title="label", fontsize="small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            ax.legend(
+                title=colour_label, fontsize="small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5)
+            )
         else:
             scatter = ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.7, c=_numpy(values), cmap="viridis")
-            fig.colorbar(scatter, ax=ax, label="label")
+            fig.colorbar(scatter, ax=ax, label=colour_label)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set(
         title=f"Encoder means of {len(points)} points",

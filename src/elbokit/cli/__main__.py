@@ -1,0 +1,5 @@
+import sys
+
+from elbokit.cli import main
+
+sys.exit(main())

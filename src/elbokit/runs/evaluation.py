@@ -1,0 +1,179 @@
+"""A run's evaluation: ELBO and log p(x) with its standard error on a split, and how long that takes."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm import tqdm
+
+from elbokit.config import PROPOSALS
+from elbokit.estimators import elbo, log_marginal
+from elbokit.estimators._pareto import KHAT_THRESHOLD
+from elbokit.models import Guide
+from elbokit.models.base import FixedGuide
+
+if TYPE_CHECKING:
+    from elbokit.runs.run import Run
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test-set numbers of a run, in nats per data point (means over the n points)."""
+
+    elbo: float
+    log_px: float
+    log_px_stderr: float  # Monte-Carlo standard error of the mean log p(x) estimate
+    kl: float
+    reconstruction: float
+    n: int
+    k: int
+    split: str
+    bits_per_dim: float | None  # -log p(x) / (D log 2), for discrete (binary) data only
+    min_ess: float  # smallest effective sample size of the importance weights over the points
+    pareto_k_max: float  # largest Pareto k-hat of the weights' tail over the points
+    pareto_k_over_threshold: int  # points whose k-hat exceeds 0.7: their estimate and stderr are unreliable
+    # the importance-sampling proposal: "encoder" (q(z|x)) or "refined" (q refined per point in the
+    # full-covariance family and mixed defensively with a widened copy: elbokit.diagnostics.refined_proposal)
+    proposal: str = "encoder"
+    kl_method: str = "analytic"  # how the ELBO's KL was computed: "analytic" (closed form) or "mc" (a flow's q)
+    checkpoint: str | None = None  # the run's checkpoint evaluated: "last" or "best"
+    epoch: int | None = None  # ... and its epoch and step
+    step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the layout of ``evaluation.json``)."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, source: str = "evaluation") -> Evaluation:
+        """Build from :meth:`to_dict`'s layout, checking each value's type (ValueError, one line)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        for name, (check, optional) in _FIELDS.items():
+            if d.get(name) is None and optional:
+                continue
+            if name not in d or not check(d[name]):
+                raise ValueError(f"{source}: {name!r} is missing or of the wrong type")
+        unknown = sorted(set(d) - set(_FIELDS))
+        if unknown:
+            raise ValueError(f"{source}: unknown key {unknown[0]!r}")
+        return cls(**d)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_real(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+#: Evaluation's fields: the check of each value, and whether it may be null or absent.
+_FIELDS: dict[str, tuple[Callable[[Any], bool], bool]] = {
+    **dict.fromkeys(("elbo", "log_px", "log_px_stderr", "kl", "reconstruction", "min_ess", "pareto_k_max"),
+                    (_is_real, False)),
+    "n": (_is_count, False), "k": (_is_count, False), "pareto_k_over_threshold": (_is_count, False),
+    "split": (_is_text, False), "bits_per_dim": (_is_real, True), "proposal": (_is_text, True),
+    "kl_method": (_is_text, True), "checkpoint": (_is_text, True), "epoch": (_is_count, True),
+    "step": (_is_count, True),
+}  # fmt: skip
+
+
+def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None = None, batch_size: int = 100,
+             seed: int = 0, proposal: str = "refined", refine_steps: int = 300,
+             progress: bool = False) -> Evaluation:  # fmt: skip
+    """ELBO (analytic KL where registered) and importance-sampled log p(x) with its standard error on a split.
+
+    ``proposal="refined"`` draws the importance samples from the encoder's q refined per point in the
+    full-covariance Gaussian family (``refine_steps`` steps) and mixed defensively with a widened copy
+    (:func:`elbokit.diagnostics.refined_proposal`): on a mean-field VAE its weights are far lighter-tailed than
+    the encoder's own (see the Pareto k-hat count). ``"encoder"`` uses q(z|x) as it is. ``progress``: a progress
+    bar over the batches on stderr.
+    """
+    from elbokit.diagnostics.reference import refined_proposal
+
+    if proposal not in PROPOSALS:
+        raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}, got {proposal!r}")
+    x_all = run.data.split(split)[:limit]
+    device = next(run.model.parameters()).device
+    totals = {"elbo": 0.0, "kl": 0.0, "reconstruction": 0.0, "log_px": 0.0, "var": 0.0}
+    min_ess, khat_max, khat_over, kl_method = math.inf, -math.inf, 0, "analytic"
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        starts = range(0, x_all.shape[0], batch_size)
+        bar = tqdm(starts, desc="evaluate", unit="batch", leave=False, disable=not (progress and len(starts) > 1))
+        for start in bar:
+            x = x_all[start : start + batch_size].to(device)
+            guide: Guide = run.model.encoder
+            if proposal == "refined":  # an optimisation per point: autograd on, outside inference mode
+                r = refined_proposal(run.model, run.model.encoder, x, steps=refine_steps)
+                guide = FixedGuide(r)
+            with torch.inference_mode():
+                bound = elbo(run.model, run.model.encoder, x)
+                kl_method = bound.kl_method
+                estimate = log_marginal(run.model, guide, x, k=k, warn=False)
+            totals["elbo"] += float(bound.value.sum())
+            totals["kl"] += float(bound.kl.sum())
+            totals["reconstruction"] += float(bound.reconstruction.sum())
+            totals["log_px"] += float(estimate.value.sum())
+            totals["var"] += float(estimate.stderr.square().sum())
+            min_ess = min(min_ess, float(estimate.ess.min()))
+            assert estimate.pareto_k is not None
+            khat = estimate.pareto_k[torch.isfinite(estimate.pareto_k)]
+            khat_max = max(khat_max, float(khat.max())) if khat.numel() else khat_max
+            khat_over += int((estimate.pareto_k > KHAT_THRESHOLD).sum())
+    n = x_all.shape[0]
+    log_px = totals["log_px"] / n
+    # Bits per dimension are a code length, meaningful for discrete data only (for continuous x, log p(x) is a
+    # density and -log p(x) / (D log 2) can be any real number).
+    bits = -log_px / (run.data.data_dim * math.log(2)) if run.data.support == "binary" else None
+    return Evaluation(
+        elbo=totals["elbo"] / n, log_px=log_px, log_px_stderr=math.sqrt(totals["var"]) / n, kl=totals["kl"] / n,
+        reconstruction=totals["reconstruction"] / n, n=n, k=k, split=split, bits_per_dim=bits, min_ess=min_ess,
+        pareto_k_max=khat_max, pareto_k_over_threshold=khat_over, proposal=proposal, kl_method=kl_method,
+        checkpoint=getattr(run, "checkpoint", None), epoch=run.state.get("epoch"), step=run.state.get("step"),
+    )  # fmt: skip
+
+
+def evaluation_seconds(run: Run, *, k: int, n: int, batch_size: int = 100, proposal: str = "refined",
+                       refine_steps: int = 300) -> float:  # fmt: skip
+    """About how long :func:`evaluate` takes here: one batch is timed at a small k (and a few refinement steps)
+    and scaled to ``k``, ``refine_steps`` and the number of batches. The draws do not disturb the seeded ones."""
+    from elbokit.diagnostics.reference import refined_proposal
+
+    device = next(run.model.parameters()).device
+    x = run.data.test[: min(batch_size, n)].to(device)
+    batches = math.ceil(n / x.shape[0])
+    def timed(work: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    def draws(count: int) -> Callable[[], object]:
+        return lambda: log_marginal(run.model, run.model.encoder, x, k=count, warn=False)
+
+    def refinement(steps: int) -> Callable[[], object]:
+        return lambda: refined_proposal(run.model, run.model.encoder, x, steps=steps)
+
+    # Two pilots each (the faster of two runs), so that the fixed cost of a call is not scaled with k or the steps.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.inference_mode():
+            small, large = (min(timed(draws(count)), timed(draws(count))) for count in (16, 256))
+        seconds = large + max(large - small, 0.0) / 240 * max(k - 256, 0)
+        if proposal == "refined":
+            small, large = timed(refinement(2)), timed(refinement(8))
+            seconds += large + max(large - small, 0.0) / 6 * max(refine_steps - 8, 0)
+    return seconds * batches
+
+
