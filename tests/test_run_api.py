@@ -156,3 +156,11 @@ def test_tensorboard_flag_writes_event_files(tmp_path: Path) -> None:
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert json.loads((run / "config.json").read_text())["tensorboard"] is True
+
+
+def test_sweep_takes_a_device(early: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", str(early), "--beta", "1", "--epochs", "1", "--k", "5", "--limit", "5", "--device", "cpu",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads((early / "sweep" / "beta-1" / "config.json").read_text())["device"] == "cpu"
+    assert main(["sweep", str(early), "--beta", "1", "--overwrite", "--device", "tpu"]) == 2
+    assert "device must be" in capsys.readouterr().err

@@ -60,7 +60,8 @@ def _number_list(text: str) -> list[float]:
 
 
 def add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    p.add_argument("--device", default=default, help="auto (CUDA when present, default), cpu or cuda[:i]")
+    what = "default" if default == "auto" else "default: the run's own setting"
+    p.add_argument("--device", default=default, help=f"auto (CUDA when present), cpu or cuda[:i] ({what})")
 
 
 def add_checkpoint(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from elbokit.cli._args import _number_list, _positive_int
+from elbokit.cli._args import _number_list, _positive_int, add_device
 
 SWEEP = "sweep"  # DIR/sweep/beta-B run folders and DIR/sweep.json
 
@@ -25,6 +25,7 @@ def add_command(commands: Any) -> None:
     p.add_argument("--limit", type=_positive_int, default=1000, help="test points evaluated (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_device(p, default=None)  # None: the run's own device setting
     p.set_defaults(run_command=run)
 
 
@@ -37,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if not holds_run(args.run):
         raise ValueError(f"{args.run} holds no run whose configuration a sweep could reuse")
     config = RunConfig.load(args.run / CONFIG)
-    if args.epochs is not None:
-        config = RunConfig.from_dict({**config.to_dict(), "epochs": args.epochs, "quiet": True})
+    changes = {"epochs": args.epochs, "device": args.device}
+    config = RunConfig.from_dict({**config.to_dict(), "quiet": True, **{k: v for k, v in changes.items() if v}})
     out = args.run / SWEEP
     if (out.exists() or (args.run / f"{SWEEP}.json").exists()) and not args.overwrite:
         raise ValueError(f"{args.run} already holds a sweep ({SWEEP}.json, {SWEEP}/); pass --overwrite to replace it")
