@@ -27,7 +27,7 @@ install: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet --no-warn-conflicts -e .
 
 install-dev: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro]'
 
 # The main job: the standard VAE (784-200-200-50, tanh, Bernoulli) on binarized MNIST, then log p(x) on
 # 1,000 test images with k = 1000 importance samples, then the diagnostics and the report. Leaves runs/demo

@@ -1,7 +1,8 @@
 """One conformance suite over every estimator configuration.
 
 Configurations: ``ek.elbo`` x gradient (reparam, score, stl) x kl (analytic, mc, auto; stl + analytic is
-invalid) x samples (1, 3); ``ek.iwae`` x gradient (reparam, stl, dreg) x k (1, 4); ``ek.log_marginal`` (k=8).
+invalid) x samples (1, 3); ``ek.iwae`` x gradient (reparam, stl, dreg) x k (1, 4), and vimco at k = 4;
+``ek.log_marginal`` (k=8).
 Each runs on a LinearGaussian model with an amortized encoder and with a full-covariance local guide
 (result types and shapes, finiteness, backward, recorded metadata), and with guides equal to the exact
 posterior (every bound is log p(x)).
@@ -62,6 +63,7 @@ CONFIGS = [
         if not (gradient == "stl" and kl == "analytic")
     ),
     *(Config("iwae", gradient, None, k) for gradient in ("reparam", "stl", "dreg") for k in (1, 4)),
+    Config("iwae", "vimco", None, 4),  # VIMCO's leave-one-out baselines need k >= 2
     Config("log_marginal", None, None, 8),
 ]
 CONFIG_IDS = [c.id for c in CONFIGS]

@@ -164,3 +164,10 @@ def test_sweep_takes_a_device(early: Path, capsys: pytest.CaptureFixture[str]) -
     assert json.loads((early / "sweep" / "beta-1" / "config.json").read_text())["device"] == "cpu"
     assert main(["sweep", str(early), "--beta", "1", "--overwrite", "--device", "tpu"]) == 2
     assert "device must be" in capsys.readouterr().err
+
+
+def test_fit_trains_iwae_by_vimco(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(_data(tmp_path / "x.npy")), "--out", str(run), *FAST, "--epochs", "1",
+                 "--objective", "iwae", "--k", "4", "--gradient", "vimco"]) == 0  # fmt: skip
+    assert json.loads((run / "config.json").read_text())["gradient"] == "vimco"

@@ -18,7 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OBJECTIVES = ("elbo", "iwae")
-GRADIENTS = {"elbo": ("reparam", "score", "stl"), "iwae": ("reparam", "stl", "dreg")}
+GRADIENTS = {"elbo": ("reparam", "score", "stl"), "iwae": ("reparam", "stl", "dreg", "vimco")}
 ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "gelu")
 LR_SCHEDULES = ("constant", "burda")
 PROPOSALS = ("encoder", "refined")  # log p(x)'s importance-sampling proposal: q(z|x), or q refined per point
@@ -77,7 +77,7 @@ class RunConfig:
     # -- objective --
     objective: str = "elbo"  # "elbo" (reconstruction - beta * KL, analytic KL) or "iwae" (IWAE_k bound)
     k: int = 1  # importance samples per point for "iwae"; Monte-Carlo samples per point for "elbo"
-    # gradient estimator: "reparam", "score" or "stl" for the elbo; "reparam", "stl" or "dreg" for iwae
+    # gradient estimator: "reparam", "score" or "stl" for the elbo; "reparam", "stl", "dreg" or "vimco" for iwae
     gradient: str = "reparam"
     beta: float = 1.0  # target KL weight; the objective is the ELBO only at beta = 1
     anneal: str = "constant"  # constant, linear:N, cyclical:N[:R], freebits:LAMBDA (N in steps, or Nep epochs)

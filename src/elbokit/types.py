@@ -17,7 +17,7 @@ from torch import Tensor
 KLMethod = Literal["analytic", "mc"]
 """How a KL term was computed: closed form from the KL registry, or Monte-Carlo samples."""
 
-Gradient = Literal["reparam", "score", "stl", "dreg"]
+Gradient = Literal["reparam", "score", "stl", "dreg", "vimco"]
 """Gradient estimator of a bound (see :mod:`elbokit.estimators`)."""
 
 

@@ -36,8 +36,8 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
       "autoregressive steps on the Gaussian, default 4; needs elbokit[flows])")  # fmt: skip
     a("--objective", choices=OBJECTIVES, help="elbo (default) or iwae")
     a("--k", type=_positive_int, help="samples per point (IWAE_k for --objective iwae; default 1)")
-    a("--gradient", choices=("reparam", "score", "stl", "dreg"),
-      help="gradient estimator: reparam (default); score or stl (elbo); stl or dreg (iwae)")  # fmt: skip
+    a("--gradient", choices=("reparam", "score", "stl", "dreg", "vimco"),
+      help="gradient estimator: reparam (default); score or stl (elbo); stl, dreg or vimco (iwae)")  # fmt: skip
     a("--beta", type=_number, help="KL weight (default 1: the ELBO)")
     a("--anneal", help="constant, linear:N, cyclical:N[:R] or freebits:LAMBDA (N steps or Nep)")
     a("--batch-size", type=_positive_int, help="points per step (default 100)")

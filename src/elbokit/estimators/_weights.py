@@ -166,7 +166,10 @@ def _likelihood_log_prob(model: LatentModel, z: Tensor, x: Tensor) -> Tensor:
 
 def _check_path(q: Distribution, path: Path) -> None:
     if path in ("reparam", "path") and not q.has_rsample:
-        raise ValueError(f"{type(q).__name__} has no reparameterized sampler: use gradient='score' for this guide")
+        raise ValueError(
+            f"{type(q).__name__} has no reparameterized sampler: use a score-function estimator "
+            "(gradient='score' for ek.elbo, gradient='vimco' for ek.iwae)"
+        )
 
 
 def log_weights(

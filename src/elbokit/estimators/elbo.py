@@ -12,7 +12,8 @@ Gradient estimators (the ``loss`` attribute of the result):
 - ``"reparam"``: pathwise gradient through z = g(eps; phi) (Kingma & Welling 2014; Rezende et al. 2014).
 - ``"score"``: REINFORCE, grad = E[f(z) grad log q(z)] + E[grad f(z)], with a leave-one-out baseline when
   ``samples > 1`` (Williams 1992; Mnih & Gregor 2014; Kool et al. 2019). With an analytic KL only the
-  reconstruction is scored; the KL's gradient is exact.
+  reconstruction is scored; the KL's gradient is exact. The one choice for a q without rsample (discrete
+  latents); for IWAE it is ``ek.iwae(..., gradient="vimco")``.
 - ``"stl"``: sticking the landing: the pathwise gradient with log q's parameters detached, which drops the
   zero-mean score term of the entropy (Roeder et al. 2017). Sampled KL only.
 """
@@ -40,12 +41,65 @@ KLChoice = Literal["analytic", "mc", "auto"]
 ElboGradient = Literal["reparam", "score", "stl"]
 
 
+def describe(q: Distribution) -> str:
+    """A distribution's family for messages: ``Independent(Bernoulli)`` rather than ``Independent``."""
+    base = getattr(q, "base_dist", None)
+    return f"{type(q).__name__}({describe(base)})" if isinstance(base, Distribution) else type(q).__name__
+
+
 def analytic_kl(q: Distribution, p: Distribution) -> Tensor | None:
-    """KL(q || p) from torch's KL registry, or ``None`` when no closed form is registered for the pair."""
+    """KL(q || p) from torch's KL registry, or ``None`` when no closed form is registered for the pair.
+
+    The result has the pair's broadcast batch shape. Some registered closed forms do not broadcast (torch's
+    Bernoulli-Bernoulli KL indexes with p's mask, so a prior of batch () against a q of batch (B,) raises
+    IndexError): on such an error the KL is tried once more with p expanded to q's batch shape. Any other
+    failure, or a result of the wrong shape, is a one-line ValueError naming the pair.
+    """
+    pair = f"({describe(q)}, {describe(p)})"
     try:
-        return kl_divergence(q, p)
+        kl = kl_divergence(q, p)
     except NotImplementedError:
         return None
+    except _KL_ERRORS as failure:
+        expanded = _kl_expanded(q, p)
+        if expanded is None:
+            reason = " ".join(str(failure).split())  # one line
+            raise ValueError(
+                f"the closed-form KL registered for {pair} failed ({type(failure).__name__}: {reason}): use kl='mc'"
+            ) from failure
+        kl = expanded
+    try:
+        expected = torch.broadcast_shapes(q.batch_shape, p.batch_shape)
+    except RuntimeError:  # a registered KL that ignored p's batch shape
+        expected = q.batch_shape
+    if kl.shape != expected:
+        raise ValueError(
+            f"the closed-form KL registered for {pair} must have the pair's batch shape {tuple(expected)}, "
+            f"got {tuple(kl.shape)}: use kl='mc'"
+        )
+    return kl
+
+
+_KL_ERRORS = (IndexError, RuntimeError, TypeError, ValueError)
+
+
+def _kl_expanded(q: Distribution, p: Distribution) -> Tensor | None:
+    """KL(q || p) with p expanded to q's batch shape, or ``None`` if the shapes already agree or this fails too."""
+    if p.batch_shape == q.batch_shape:
+        return None
+    try:
+        return kl_divergence(q, p.expand(q.batch_shape))
+    except (NotImplementedError, *_KL_ERRORS):
+        return None
+
+
+def check_reparameterizable(q: Distribution, gradient: str, alternatives: str) -> None:
+    """Raise unless q has rsample, which the pathwise ``gradient`` needs; ``alternatives`` names what works."""
+    if not q.has_rsample:
+        raise ValueError(
+            f"gradient={gradient!r} needs a reparameterizable q (rsample), but the guide's {describe(q)} has none: "
+            f"use {alternatives}"
+        )
 
 
 def leave_one_out_baseline(f: Tensor) -> Tensor:
@@ -108,6 +162,8 @@ def elbo(
 
     prior = model_prior(model)
     q = guide_distribution(model, guide, x, prior)
+    if gradient != "score":
+        check_reparameterizable(q, gradient, "gradient='score' for the ELBO, or ek.iwae with gradient='vimco'")
     closed_form = None if kl == "mc" or gradient == "stl" else analytic_kl(q, prior)
     if kl == "analytic" and closed_form is None:
         raise ValueError(

@@ -80,7 +80,7 @@ def gradient_variance(
         x: (B, *event) data.
         params: the tensors to differentiate with respect to (requires_grad).
         gradients: estimators to compare; for ``objective="elbo"`` from reparam/score/stl, for
-            ``"iwae"`` from reparam/stl/dreg.
+            ``"iwae"`` from reparam/stl/dreg/vimco (vimco: the score function, for samples >= 2).
         objective: ``"elbo"`` (with ``samples`` draws and ``kl``) or ``"iwae"`` (with k = ``samples``).
         samples: draws per data point in one gradient estimate.
         kl: the ELBO's KL choice (ignored for IWAE).
@@ -105,10 +105,10 @@ def gradient_variance(
             raise ValueError(f"every entry of params must be a tensor with requires_grad=True, got {given} at {i}")
     if isinstance(gradients, str) or not isinstance(gradients, Sequence) or not gradients:
         raise ValueError(f"gradients must be a non-empty sequence of estimator names, got {gradients!r}")
-    valid = ("reparam", "stl", "dreg") if objective == "iwae" else ("reparam", "score", "stl")
+    valid = ("reparam", "stl", "dreg", "vimco") if objective == "iwae" else ("reparam", "score", "stl")
     for gradient in gradients:
         if gradient not in valid:
-            names = f"'{valid[0]}', '{valid[1]}' or '{valid[2]}'"
+            names = ", ".join(f"'{name}'" for name in valid[:-1]) + f" or '{valid[-1]}'"
             raise ValueError(f"{objective.upper()} gradient must be {names}, got {gradient!r}")
 
     def bound(gradient: Gradient) -> Bound:
