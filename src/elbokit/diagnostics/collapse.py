@@ -6,8 +6,10 @@ r"""Posterior collapse: which latent dimensions carry information about x.
     A_j > \delta
 
 The activity statistic and the threshold δ = 0.01 are Burda, Grosse & Salakhutdinov (2016)'s; the
-per-dimension KL uses q's marginals q(z_j|x) (exact for a diagonal q; for a full-covariance q the per-dimension
-KLs need not sum to the joint KL). The mutual information I(x; z) comes from :func:`surgery`.
+per-dimension KL uses q's marginals q(z_j|x) (exact for a factorised q, ``Independent(base, 1)`` of any family:
+Normal, Beta, Gamma, Bernoulli, ...; for a full-covariance Gaussian the per-dimension KLs need not sum to the
+joint KL; a q that does not factorise otherwise, a Dirichlet say, is refused), in closed form where registered.
+The mutual information I(x; z) comes from :func:`surgery`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from elbokit.diagnostics.surgery import surgery
 from elbokit.estimators._weights import (
@@ -25,6 +27,7 @@ from elbokit.estimators._weights import (
     guide_distribution,
     model_prior,
 )
+from elbokit.estimators.elbo import analytic_kl
 from elbokit.models.base import Guide, LatentModel
 
 
@@ -32,7 +35,8 @@ class Collapse(NamedTuple):
     """Per-dimension use of the latent space.
 
     Attributes:
-        kl_per_dim: (d,) mean over the data of KL(q(z_j|x) || p(z_j)), closed form, from q's marginals.
+        kl_per_dim: (d,) mean over the data of KL(q(z_j|x) || p(z_j)), from q's marginals: closed form where
+            the KL registry has the pair, else sampled.
         activity: (d,) Cov_x(E_q[z_j]): the variance over the data (unbiased, N - 1) of q's mean.
         active_units: the number of j with activity > threshold.
         mutual_information: I_q(x; z) over the given points (from :func:`surgery`).
@@ -57,7 +61,45 @@ def gaussian_marginals(d: Distribution) -> Normal:
     raise TypeError(f"expected Independent(Normal, 1) or MultivariateNormal, got {type(d).__name__}")
 
 
-def collapse(model: LatentModel, guide: Guide, x: Tensor, *, threshold: float = 0.01, samples: int = 16) -> Collapse:
+def marginals(d: Distribution) -> Distribution:
+    """The per-coordinate marginals of a q (or p) with event (d,), as one distribution with batch (..., d).
+
+    Gaussians as in :func:`gaussian_marginals`; ``Independent(base, 1)`` by its base (an ``Independent(Beta, 1)``
+    has Beta marginals). Any other q does not factorise over the coordinates, and its marginals have no closed
+    form here: a ValueError.
+    """
+    if isinstance(d, MultivariateNormal) or (
+        isinstance(d, Independent) and isinstance(d.base_dist, Normal) and d.reinterpreted_batch_ndims == 1
+    ):
+        return gaussian_marginals(d)
+    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 and d.base_dist.event_shape == ():
+        return d.base_dist.expand(d.batch_shape + d.event_shape)
+    raise ValueError(
+        "per-dimension KL needs a factorising q and p(z) (Independent(base, 1) over the latent dimensions, or a "
+        f"MultivariateNormal by its marginals), got {type(d).__name__}"
+        + (f"({type(d.base_dist).__name__})" if isinstance(d, Independent) else "")
+    )
+
+
+def kl_per_point_and_dim(q_j: Distribution, p_j: Distribution, *, samples: int) -> Tensor:
+    r"""KL(q(z_j|x_n) || p(z_j)) for each point and dimension: (N, d); closed form where registered, else
+    :math:`rac1S \sum_s \log q(z_s) - \log p(z_s)` from ``samples`` draws of each marginal."""
+    kl = analytic_kl(q_j, p_j)
+    if kl is not None:
+        return kl
+    z = q_j.sample((samples,))  # (S, N, d)
+    return (q_j.log_prob(z) - p_j.log_prob(z)).mean(0)
+
+
+def collapse(
+    model: LatentModel,
+    guide: Guide,
+    x: Tensor,
+    *,
+    threshold: float = 0.01,
+    samples: int = 16,
+    kl_samples: int = 1000,
+) -> Collapse:
     r"""Per-dimension KL, active units (Burda et al. 2016) and the mutual information I_q(x; z).
 
     .. math::
@@ -65,11 +107,14 @@ def collapse(model: LatentModel, guide: Guide, x: Tensor, *, threshold: float = 
         A_j = \widehat{\operatorname{Var}}_n\, \mathbb E_{q(z|x_n)}[z_j]
 
     Args:
-        model: gives p(z), a Gaussian (factorised, or multivariate whose marginals are used).
-        guide: x -> q(z|x), Gaussian, batch (N,), event (d,).
+        model: gives p(z): a Gaussian (factorised, or multivariate whose marginals are used) or any
+            ``Independent(base, 1)`` (a factorised Beta, Gamma, Bernoulli, ...).
+        guide: x -> q(z|x), batch (N,), event (d,), of the same kinds as p(z); a q that does not factorise
+            (a Dirichlet, a flow) is a ValueError.
         x: (N, *event) data, N >= 2.
         threshold: δ, activity above which a unit counts as active.
         samples: draws per point for the mutual-information estimate.
+        kl_samples: draws per point and dimension for a per-dimension KL without a closed form.
 
     Returns:
         Collapse.
@@ -80,15 +125,16 @@ def collapse(model: LatentModel, guide: Guide, x: Tensor, *, threshold: float = 
     """
     check_nonnegative("threshold", threshold)
     check_positive_int("samples", samples)
+    check_positive_int("kl_samples", kl_samples)
     prior = model_prior(model)
     with torch.no_grad():
         q = guide_distribution(model, guide, x, prior)  # checks x
         if x.shape[0] < 2:
             raise ValueError(f"x needs at least 2 data points for a covariance over x, got shape {tuple(x.shape)}")
-        q_j = gaussian_marginals(q)  # batch (N, d)
-        p_j = gaussian_marginals(prior)  # batch (d,)
-        kl_per_dim = kl_divergence(q_j, p_j).mean(0)  # (d,)
-        activity = q_j.loc.var(0)  # (d,)
+        q_j = marginals(q)  # batch (N, d)
+        p_j = marginals(prior).expand(q_j.batch_shape)  # batch (N, d): torch's Bernoulli KL does not broadcast
+        kl_per_dim = kl_per_point_and_dim(q_j, p_j, samples=kl_samples).mean(0)  # (d,)
+        activity = q_j.mean.var(0)  # (d,)
     return Collapse(
         kl_per_dim=kl_per_dim,
         activity=activity,

@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from elbokit.diagnostics.reference import ReferenceMethod, defensive_proposal, reference_log_px, refined_proposal
+from elbokit.diagnostics.reference import (
+    ReferenceMethod,
+    defensive_proposal,
+    reference_log_px,
+    refined_proposal,
+    unconstrained_proposal,
+)
 from elbokit.diagnostics.refine import Family, Refined, as_full_gaussian, family_of, refine, refine_with_trace
 from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.estimators._weights import check_positive_int, guide_distribution, log_likelihood_samples, log_weights
@@ -51,7 +57,8 @@ class Gaps(NamedTuple):
         elbo_optimal_stderr: (B,) its Monte-Carlo standard error.
         approximation: (B,) log_px - elbo_optimal (>= 0 up to Monte-Carlo error).
         amortization: (B,) elbo_optimal - elbo_amortized (>= 0 up to Monte-Carlo and optimisation error).
-        family: ``"diagonal"`` or ``"full"``: the Gaussian family q* was optimised in.
+        family: the family q* was optimised in: ``"diagonal"`` or ``"full"`` (Gaussian), ``"flow"``, or
+            ``"local"`` (the guide's own parametric family: Beta, Gamma, Dirichlet, Bernoulli, Categorical, ...).
         kl_method: how the KL terms of the ELBOs were computed.
         steps: optimisation steps taken by :func:`refine` (fewer than asked when it stopped early).
         samples: draws behind each ELBO estimate.
@@ -156,12 +163,15 @@ def elbo_with_stderr(
         raise ValueError(f"samples must be >= 2 to estimate a standard error, got {samples}")
     with torch.no_grad():
         prior = model.prior()
-        kl = analytic_kl(q, prior)
+        kl = analytic_kl(q, prior.expand(q.batch_shape))  # expanded: torch's Bernoulli KL does not broadcast
         if kl is None:
             f = log_weights(model, q, x, samples, path="score", prior=prior).log_w  # (K, B)
             method: KLMethod = "mc"
-        else:
+        elif q.has_rsample:
             f = log_likelihood_samples(model, q, x, samples) - kl  # (K, B)
+            method = "analytic"
+        else:  # a discrete q: the reconstruction from plain draws
+            f = log_weights(model, q, x, samples, path="score", prior=prior).log_px_given_z - kl  # (K, B)
             method = "analytic"
         return f.mean(0), f.std(0) / math.sqrt(samples), method
 
@@ -190,23 +200,28 @@ def gaps(
 
     q* comes from :func:`refine` in ``family``, started at the encoder's q. log p(x) is the reference of
     :mod:`elbokit.diagnostics.reference`: the best full-covariance Gaussian per point is refined from q* (for a
-    ``"full"`` family q* is that Gaussian), mixed defensively with a widened copy, and used as the proposal of
-    ``k`` importance samples (``reference="is"``) or as the start of AIS (``reference="ais"``, ``ais_steps``
-    temperatures, ``chains`` chains). It is a stochastic lower bound that does not inherit q*'s shape error;
+    ``"full"`` family q* is that Gaussian; for a ``"local"`` family, Beta, Gamma, Dirichlet and the like, the
+    full Gaussian of q*'s moments in the unconstrained space of the prior's support, with q* itself as a third
+    component, :func:`~elbokit.diagnostics.reference.unconstrained_proposal`), mixed defensively with a widened
+    copy, and used as the proposal of ``k`` importance samples (``reference="is"``) or as the start of AIS
+    (``reference="ais"``, ``ais_steps`` temperatures, ``chains`` chains). It is a stochastic lower bound that
+    does not inherit q*'s shape error;
     its Pareto k̂ per point (``log_px_pareto_k``) says where it still cannot be trusted, and a warning names
     how many such points there are. Both ELBOs use the closed-form KL and ``samples`` draws for the
     reconstruction.
 
     Args:
         model: p(z) and p(x|z).
-        guide: the amortized guide x -> q(z|x) (Gaussian), batch (B,), event (d,).
+        guide: the amortized guide x -> q(z|x) (Gaussian, flow, or a family :func:`refine` takes apart),
+            batch (B,), event (d,).
         x: (B, *event) data.
         k: importance samples for the reference log p(x), >= 2.
         steps: most refinement steps (for q* and for the reference's full Gaussian each).
         lr: the refinement's initial learning rate.
         samples: draws for each final ELBO estimate, >= 2.
         refine_samples: draws per refinement step.
-        family: the family of q*: ``"diagonal"``, ``"full"`` or ``None`` (the guide's own).
+        family: the family of q*: ``"diagonal"``, ``"full"``, ``"flow"``, ``"local"`` or ``None`` (the guide's
+            own).
         reference: ``"is"`` or ``"ais"``.
         ais_steps: AIS temperatures (``reference="ais"``).
         chains: AIS chains per point (``reference="ais"``).
@@ -230,6 +245,8 @@ def gaps(
     q_star = refined.q
     if family == "full":
         proposal = defensive_proposal(as_full_gaussian(q_star))
+    elif family == "local":  # a non-Gaussian q*: the best Gaussian in unconstrained space, and q* itself
+        proposal = unconstrained_proposal(q_star, model.prior())
     else:  # the best full-covariance Gaussian, refined from q*
         proposal = refined_proposal(model, FixedGuide(q_star), x, steps=steps, samples=refine_samples)
     evidence = reference_log_px(model, x, proposal, method=reference, k=k, ais_steps=ais_steps, chains=chains)

@@ -22,7 +22,9 @@ demo's MNIST VAE (d = 50), refining the encoder's q for 300 steps at lr 0.05 lea
 200 test images, against 186 of 200 with the encoder's q as proposal (``benchmarks/gap_table.py``; from the
 refined mean-field q*, as the gaps do, on 2). Where even r is too narrow
 the Pareto k̂ of its weights says so; annealed importance sampling started from r (``method="ais"``) then moves
-the draws toward the posterior.
+the draws toward the posterior. For a q of another parametric family (Beta, Gamma, Dirichlet, discrete) the
+Gaussians live in the unconstrained space of the prior's support, with moments taken from q*, and q* and the
+prior join the mixture (:func:`unconstrained_proposal`).
 
 References:
     Hesterberg (1995). Weighted average importance sampling and defensive mixture distributions.
@@ -37,8 +39,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, MultivariateNormal
+from torch.distributions import Distribution, MultivariateNormal, TransformedDistribution
 
+from elbokit.diagnostics._unconstrained import latent_transform
 from elbokit.diagnostics.evidence import ais
 from elbokit.diagnostics.refine import FULL_LR, as_full_gaussian, refine
 from elbokit.distributions.mixture import DefensiveMixture
@@ -54,6 +57,8 @@ MAIN_FACTOR = 1.1
 WIDE_WEIGHT, WIDE_FACTOR = 0.2, 1.5
 #: Weight of the family's own q* where that family is not Gaussian.
 FAMILY_WEIGHT = 0.2
+#: Weight of p(z) in the proposal for a constrained latent (:func:`unconstrained_proposal`).
+PRIOR_WEIGHT = 0.05
 
 
 def defensive_proposal(full: MultivariateNormal, family_q: Distribution | None = None) -> DefensiveMixture:
@@ -95,6 +100,53 @@ def refined_proposal(
     """
     full = as_full_gaussian(refine(model, guide, x, steps=steps, lr=lr, samples=samples, family="full"))
     return defensive_proposal(full, family_q)
+
+
+def unconstrained_proposal(q_star: Distribution, prior: Distribution, *, samples: int = 512) -> DefensiveMixture:
+    r"""The reference proposal for a q* of another parametric family (Beta, Gamma, Dirichlet, ..., discrete).
+
+    Continuous latents: in the unconstrained space u = T^{-1}(z) of the prior's support (T = ``biject_to``, as
+    for AIS; the identity on R^d) the Gaussian of q*'s moments, widened and mixed as in
+    :func:`defensive_proposal` and pushed through T, with q* itself as the third component and, for a
+    constrained support, the prior as a fourth (α_p = 0.05; the others' densities vanish at the support's
+    boundary, the posterior's need not, and p(z) bounds the weights there by p(x|z) / α_p):
+
+    .. math::
+        r = (1 - \alpha_w - \alpha_f - \alpha_p)\, T_\# \mathcal N(\mu_u, c_1^2 \Sigma_u)
+          + \alpha_w\, T_\# \mathcal N(\mu_u, c_2^2 \Sigma_u) + \alpha_f\, q^* + \alpha_p\, p(z).
+
+    The Gaussian is q*'s moment match, not refined by the ELBO as for a Gaussian q: on a Beta latent near the
+    boundary of (0, 1) the reverse KL's refinement left it narrower and the weights' k̂ above 0.7 where the
+    moment match kept it below.
+
+    Discrete latents (no Gaussian to fit): r = (1 - α_w) q* + α_w p(z), whose weights are bounded by
+    p(x|z) / α_w.
+
+    Args:
+        q_star: batch (B,), event (d,).
+        prior: p(z), event (d,).
+        samples: draws of q* for its moments in u.
+
+    Returns:
+        DefensiveMixture with batch (B,), event (d,), detached.
+    """
+    support = q_star.support
+    if support is not None and support.is_discrete:
+        return DefensiveMixture([q_star, prior.expand(q_star.batch_shape)], [1 - WIDE_WEIGHT, WIDE_WEIGHT])
+    transform = latent_transform(prior)
+    unconstrained = q_star if transform is None else TransformedDistribution(q_star, [transform.inv])
+    full = as_full_gaussian(unconstrained, samples=samples)
+    components: list[Distribution] = [
+        MultivariateNormal(full.loc, scale_tril=MAIN_FACTOR * full.scale_tril),
+        MultivariateNormal(full.loc, scale_tril=WIDE_FACTOR * full.scale_tril),
+    ]
+    if transform is None:
+        return DefensiveMixture([*components, q_star], [1 - WIDE_WEIGHT - FAMILY_WEIGHT, WIDE_WEIGHT, FAMILY_WEIGHT])
+    components = [TransformedDistribution(c, [transform]) for c in components]
+    # A Gaussian pushed onto a bounded support, and q*, vanish at its boundary, where the posterior need not (a
+    # Dirichlet(1) prior): p(z) bounds the weights there, p(x, z) / r(z) <= p(x|z) / alpha_p.
+    weights = [1 - WIDE_WEIGHT - FAMILY_WEIGHT - PRIOR_WEIGHT, WIDE_WEIGHT, FAMILY_WEIGHT, PRIOR_WEIGHT]
+    return DefensiveMixture([*components, q_star, prior.expand(q_star.batch_shape)], weights)
 
 
 def reference_log_px(

@@ -2,27 +2,27 @@ r"""q* per data point: the encoder's q refined by stochastic optimisation of the
 
 Semi-amortized refinement (Kim et al. 2018): start from the encoder's output, stay in its family (diagonal
 or full-covariance Gaussian), and maximise each point's ELBO (closed-form KL, reparameterised reconstruction)
-by Adam with one learning rate per point, halved when that point's bound stops improving.
+by Adam with one learning rate per point, halved when that point's bound stops improving. Any other
+parametric q (Beta, Gamma, Dirichlet, Bernoulli, Categorical, their Independent or transformed versions) is
+refined the same way in its own family, its parameters in unconstrained space (:mod:`.refine_any`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from elbokit.diagnostics.refine_any import adam_per_point, is_local, refine_local, stochastic_bound
 from elbokit.diagnostics.refine_flow import check_refine_arguments, refine_flow
-from elbokit.estimators._weights import guide_distribution, log_likelihood_samples, log_weights, model_prior
-from elbokit.estimators.elbo import analytic_kl
+from elbokit.estimators._weights import guide_distribution, model_prior
 from elbokit.guides import FlowDistribution, gaussian
 from elbokit.models.base import FixedGuide, Guide, LatentModel
 
-Family = Literal["diagonal", "full", "flow"]
+Family = Literal["diagonal", "full", "flow", "local"]
 
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # Adam (Kingma & Ba 2015)
 #: Learning rate of a refinement in the full-covariance family: at 0.1 its noisy steps leave the Cholesky factor
 #: further from the optimum after 300 steps on the demo's MNIST VAE (see elbokit.diagnostics.reference).
 FULL_LR = 0.05
@@ -38,15 +38,21 @@ class Refined(NamedTuple):
 
 def family_of(q: Distribution) -> Family:
     """``"diagonal"`` for ``Independent(Normal, 1)``, ``"full"`` for ``MultivariateNormal``, ``"flow"`` for a
-    :class:`~elbokit.guides.FlowDistribution`; otherwise an error."""
+    :class:`~elbokit.guides.FlowDistribution`, ``"local"`` for another family that
+    :mod:`elbokit.diagnostics.refine_any` can take apart (Beta, Gamma, Dirichlet, Bernoulli, Categorical, ...);
+    otherwise an error."""
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
         return "diagonal"
     if isinstance(q, MultivariateNormal):
         return "full"
     if isinstance(q, FlowDistribution):
         return "flow"
+    if is_local(q):
+        return "local"
     raise TypeError(
-        f"q must be Independent(Normal, 1), MultivariateNormal or a FlowDistribution, got {type(q).__name__}"
+        "q must be Independent(Normal, 1), MultivariateNormal, a FlowDistribution or a parametric family that can "
+        f"be refined per point (Beta, Gamma, Dirichlet, Bernoulli, Categorical, ..., or Independent or "
+        f"TransformedDistribution of one), got {type(q).__name__}"
     )
 
 
@@ -85,7 +91,11 @@ def as_family(q: Distribution, family: Family) -> Distribution:
             return q
         full = as_full_gaussian(q)
         return Independent(Normal(full.loc, full.variance.sqrt()), 1)
-    raise ValueError(f"family must be 'diagonal', 'full' or 'flow', got {family!r}")
+    if family == "local":
+        return q
+    raise ValueError(
+        f"family must be 'diagonal', 'full' or 'flow', or 'local' (the guide's own parametric family), got {family!r}"
+    )
 
 
 def _inverse_softplus(y: Tensor) -> Tensor:
@@ -111,17 +121,6 @@ def _free_parameters(q: Distribution) -> tuple[Tensor, Tensor]:
     return loc.clone().requires_grad_(True), raw.clone().requires_grad_(True)
 
 
-def _stochastic_bound(model: LatentModel, q: Distribution, x: Tensor, prior: Distribution, samples: int) -> Tensor:
-    r"""\frac1S \sum_s \log p(x|z_s) - KL(q \| p(z)), z_s = g(\epsilon_s) reparameterised: (B,).
-
-    The KL is the closed form where one is registered, else sampled with the same z.
-    """
-    kl = analytic_kl(q, prior)
-    if kl is None:
-        return log_weights(model, q, x, samples, prior=prior).log_w.mean(0)
-    return log_likelihood_samples(model, q, x, samples).mean(0) - kl
-
-
 def refine_with_trace(
     model: LatentModel,
     guide: Guide,
@@ -141,6 +140,10 @@ def refine_with_trace(
     prior = model_prior(model)
     with torch.no_grad():
         q0 = guide_distribution(model, guide, x, prior)
+    if family not in (None, "local") and family_of(q0) == "local":
+        raise ValueError(
+            f"a {type(q0).__name__} q is refined in its own family: family must be None or 'local', got {family!r}"
+        )
     if family == "flow" or (family is None and family_of(q0) == "flow"):
         start: Guide = guide
         gaussian_star: Refined | None = None
@@ -161,47 +164,21 @@ def refine_with_trace(
             return Refined(local.distribution(), flow_steps, flow_trace)
         steps_taken = gaussian_star.steps + flow_steps
         return Refined(local.distribution(), steps_taken, torch.cat([gaussian_star.trace, flow_trace]))
+    if family == "local" or (family is None and family_of(q0) == "local"):
+        q_local, taken, trace = refine_local(
+            model, q0, x, prior, steps=steps, lr=lr, samples=samples, window=window, tol=tol, decay=decay,
+            min_lr=min_lr,
+        )  # fmt: skip
+        return Refined(q_local, taken, trace)
     if family is not None:
         q0 = as_family(q0, family)
     loc, raw = _free_parameters(q0)
-    params = [loc, raw]
-    batch = loc.shape[0]
-    # Adam with one learning rate per data point, so that each point's step size follows its own progress.
-    rate = loc.new_full((batch,), lr)  # (B,)
-    first = [torch.zeros_like(p) for p in params]
-    second = [torch.zeros_like(p) for p in params]
-    best = loc.new_full((batch,), -math.inf)  # best window-mean bound per point
-    window_sum = loc.new_zeros(batch)
-    trace: list[Tensor] = []
-    taken = 0
-    with torch.enable_grad():
-        for taken in range(1, steps + 1):
-            bound = _stochastic_bound(model, gaussian(loc, raw), x, prior, samples)  # (B,)
-            # Each point's parameters get the gradient of its own bound: a sum, not a mean, over the batch.
-            # autograd.grad only touches loc and raw: the model's parameters get no .grad.
-            grads = torch.autograd.grad(-bound.sum(), params)
-            with torch.no_grad():
-                for p, g, m, v in zip(params, grads, first, second, strict=True):
-                    m.lerp_(g, 1 - _BETA1)
-                    v.lerp_(g.square(), 1 - _BETA2)
-                    m_hat = m / (1 - _BETA1**taken)
-                    v_hat = v / (1 - _BETA2**taken)
-                    step_size = rate.reshape(batch, *([1] * (p.dim() - 1)))
-                    p.sub_(step_size * m_hat / (v_hat.sqrt() + _EPS))
-                value = bound.detach()
-                trace.append(value.mean())
-                window_sum += value
-                if taken % window == 0:
-                    mean, window_sum = window_sum / window, torch.zeros_like(window_sum)
-                    improved = mean > best + tol
-                    best = torch.where(improved, mean, best)
-                    # The bound stopped improving at this step size: shrink it; a point is done below min_lr.
-                    rate = torch.where(improved, rate, rate * decay)
-                    rate = torch.where(rate < min_lr, torch.zeros_like(rate), rate)
-                    if not bool((rate > 0).any()):
-                        break
+    taken, trace = adam_per_point(
+        [loc, raw], lambda: stochastic_bound(model, gaussian(loc, raw), x, prior, samples),
+        steps=steps, lr=lr, window=window, tol=tol, decay=decay, min_lr=min_lr,
+    )  # fmt: skip
     q = gaussian(loc.detach(), raw.detach())
-    return Refined(q, taken, torch.stack(trace))
+    return Refined(q, taken, trace)
 
 
 def refine(
@@ -225,8 +202,11 @@ def refine(
         \qquad q^{(0)}_n = q_\phi(z|x_n)
 
     Q is ``family``, by default the guide's own: diagonal Gaussians for ``Independent(Normal)``, all Gaussians
-    for ``MultivariateNormal``; ``family="full"`` refines a mean-field guide's q in the full family (its start
-    the same diagonal covariance), ``family="diagonal"`` a full one's among mean-field Gaussians. Each step
+    for ``MultivariateNormal``, the guide's own parametric family for any other q that
+    :mod:`elbokit.diagnostics.refine_any` can take apart (``"local"``: Beta, Gamma, Dirichlet, ..., by their
+    parameters in unconstrained space; discrete ones by the score function); ``family="full"`` refines a
+    mean-field guide's q in the full family (its start the same diagonal covariance), ``family="diagonal"`` a full
+    one's among mean-field Gaussians. Each step
     estimates the reconstruction with ``samples`` reparameterised draws and takes the KL in closed form; Adam
     updates the B points' (loc, scale) at once (one vectorised problem; Adam is per coordinate, so points do not
     interact). Every ``window`` steps the batch-mean bound, averaged
@@ -236,7 +216,7 @@ def refine(
 
     Args:
         model: p(z) and p(x|z).
-        guide: x -> q(z|x), Gaussian, batch (B,), event (d,).
+        guide: x -> q(z|x), batch (B,), event (d,).
         x: (B, *event) data.
         steps: most optimisation steps.
         lr: Adam's initial learning rate.
@@ -246,7 +226,8 @@ def refine(
         decay: learning-rate factor on a plateau, in (0, 1).
         min_lr: the optimisation stops when the learning rate falls below this.
         family: ``"diagonal"``, ``"full"``, ``"flow"`` (:func:`elbokit.diagnostics.refine_flow.refine_flow`: a
-            LocalFlow per point, started at the guide's flow or Gaussian q) or ``None`` (the guide's own family).
+            LocalFlow per point, started at the guide's flow or Gaussian q), ``"local"`` (the guide's parametric
+            family, by :mod:`elbokit.diagnostics.refine_any`) or ``None`` (the guide's own family).
 
     Returns:
         The refined q, detached, of that family: batch (B,), event (d,). ``lambda _: q`` is a guide.

@@ -82,10 +82,13 @@ def save_checkpoint(
     state: dict[str, Any],
     generators: dict[str, torch.Generator] | None = None,
     name: str = CHECKPOINT,
+    guide: nn.Module | None = None,
 ) -> None:
     """Write ``run_dir/<name>`` atomically (``checkpoint.safetensors`` by default, or :data:`BEST`), then, for
     ``checkpoint.safetensors`` only, ``state.json`` beside it."""
     tensors: dict[str, Tensor] = {}
+    for key, tensor in (guide.state_dict() if guide is not None else {}).items():  # a guide outside the model
+        tensors[f"guide.{key}"] = tensor.detach().cpu().contiguous().clone()
     for key, tensor in model.state_dict().items():
         tensors[f"model.{key}"] = tensor.detach().cpu().contiguous().clone()
     opt = optimizer.state_dict()
@@ -169,9 +172,11 @@ def check_state(state: dict[str, Any], source: str, *, complete: bool = False) -
         raise CheckpointError(f"{source}: the checkpoint's step {state['step']} is below its epoch {state['epoch']}")
 
 
-def load_model_state(model: nn.Module, checkpoint: Checkpoint, *, source: str = "the checkpoint") -> None:
-    """Load ``model.*`` tensors, refusing (one line) a checkpoint of another architecture."""
-    saved = checkpoint.prefixed("model.")
+def load_model_state(model: nn.Module, checkpoint: Checkpoint, *, source: str = "the checkpoint",
+                     prefix: str = "model.") -> None:  # fmt: skip
+    """Load ``model.*`` tensors (``guide.*`` for a guide saved beside the model), refusing (one line) a
+    checkpoint of another architecture."""
+    saved = checkpoint.prefixed(prefix)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(saved))
     extra = sorted(set(saved) - set(expected))

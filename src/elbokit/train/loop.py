@@ -38,7 +38,7 @@ from elbokit.config import RunConfig
 from elbokit.data import Dataset
 from elbokit.errors import TrainingDiverged
 from elbokit.estimators._weights import check_data
-from elbokit.models.base import Guide, LatentModel
+from elbokit.models.base import FixedGuide, Guide, LatentModel
 from elbokit.train.checkpoint import (
     BEST,
     CHECKPOINT,
@@ -51,7 +51,7 @@ from elbokit.train.checkpoint import (
 )
 from elbokit.train.objective import evaluate_bound
 from elbokit.train.schedules import check_reaches_target, lr_factor, parse_schedule
-from elbokit.train.step import NonFiniteStep, TrainStep, make_optimizer, unvalidated
+from elbokit.train.step import NonFiniteStep, TrainStep, is_local, make_optimizer, unvalidated
 
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"  # with config.log_every: one line per N steps
@@ -173,6 +173,12 @@ def fit(
     optimizer = make_optimizer(params, config.lr)
     train = data.train[: config.limit].to(device)
     validation = data.validation.to(device)
+    local = is_local(guide)
+    if local and cast(Any, guide).num_points != train.shape[0]:
+        raise ValueError(f"the local guide holds {cast(Any, guide).num_points} points, the training set "
+                         f"{train.shape[0]}: one q per training point")  # fmt: skip
+    # A guide outside the model (a local guide, or a user's own module) is saved and resumed beside it.
+    own_guide = guide if isinstance(guide, nn.Module) and not _is_part_of(guide, model) else None
     for name, x in (("train", train), ("validation", validation)):  # once per run; the steps skip the value checks
         try:
             check_data(latent, guide, x)
@@ -205,6 +211,8 @@ def fit(
     if checkpoint is not None:
         assert out is not None
         load_model_state(model, checkpoint, source=f"{out}/checkpoint.safetensors")
+        if own_guide is not None:
+            load_model_state(own_guide, checkpoint, source=f"{out}/checkpoint.safetensors", prefix="guide.")
         load_optimizer_state(optimizer, checkpoint)
         restore_rng(checkpoint)
         s = checkpoint.state
@@ -228,8 +236,9 @@ def fit(
             # The best file first: killed between the two writes, the run resumes from the epoch before, takes
             # the same steps and writes the same best file again. (The other order would leave a checkpoint that
             # claims this epoch as its best beside a best file of an earlier one.)
-            save_checkpoint(out, model=model, optimizer=optimizer, state={**state, "saved": "best"}, name=BEST)
-        save_checkpoint(out, model=model, optimizer=optimizer, state=state)
+            save_checkpoint(out, model=model, optimizer=optimizer, state={**state, "saved": "best"}, name=BEST,
+                            guide=own_guide)  # fmt: skip
+        save_checkpoint(out, model=model, optimizer=optimizer, state=state, guide=own_guide)
         saved[0] = True
         if on_checkpoint is not None:
             on_checkpoint()
@@ -274,7 +283,10 @@ def fit(
                 index = order[position * config.batch_size : (position + 1) * config.batch_size]
                 logged = log_every is not None and (step + 1) % log_every == 0
                 before = train_step._sums[0].clone() if logged else None  # on the device: no read yet
-                train_step(x_epoch[index])
+                if local:
+                    train_step(x_epoch[index], index=index)
+                else:
+                    train_step(x_epoch[index])
                 position += 1
                 step += 1
                 if before is not None:
@@ -292,7 +304,12 @@ def fit(
             read_sums()
             sums["seconds"] += time.perf_counter() - started
             _set_training(model, guide, False)
-            valid = evaluate_bound(latent, guide, validation, objective=config.objective, k=config.k)
+            if local:  # no q for the validation points: the bound on the training points q was fitted to
+                whole = FixedGuide(cast(Any, guide).distribution())
+                valid = evaluate_bound(latent, whole, x_epoch, objective=config.objective, k=config.k,
+                                       batch_size=x_epoch.shape[0])  # fmt: skip
+            else:
+                valid = evaluate_bound(latent, guide, validation, objective=config.objective, k=config.k)
             _set_training(model, guide, True)
             if not math.isfinite(valid["bound"]):
                 raise TrainingDiverged(f"non-finite validation bound after epoch {epoch + 1}; {kept()}")
@@ -400,6 +417,8 @@ def check_resume(out: Path, model: nn.Module, guide: Guide, config: RunConfig) -
     check_state(checkpoint.state, str(out / CHECKPOINT), complete=True)
     check_resumable(checkpoint.state, config)
     load_model_state(model, checkpoint, source=f"{out / CHECKPOINT}")
+    if isinstance(guide, nn.Module) and not _is_part_of(guide, model):
+        load_model_state(guide, checkpoint, source=f"{out / CHECKPOINT}", prefix="guide.")
     params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
     load_optimizer_state(make_optimizer(params, config.lr), checkpoint)
     _read_metrics(out, keep=int(checkpoint.state["epoch"]), rewrite=False)
@@ -471,3 +490,8 @@ def _read_steps(out: Path, *, keep: int, rewrite: bool = True) -> None:
         kept.append(line)
     if rewrite and len(kept) < len(lines):
         atomic_write(path, "".join(kept).encode())
+
+
+def _is_part_of(guide: nn.Module, model: nn.Module) -> bool:
+    """Whether ``guide`` is ``model`` or one of its submodules (then its parameters are saved with the model's)."""
+    return any(module is guide for module in model.modules())

@@ -9,9 +9,11 @@ them once, at the end of an epoch or before a checkpoint is written, and raises 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from elbokit.config import RunConfig
 from elbokit.distributions import unvalidated
@@ -74,8 +76,11 @@ class TrainStep:
         self._first_bad = torch.full((), _NEVER, dtype=torch.int64, device=device)
         self._no_norm = torch.zeros((), device=device)
 
-    def __call__(self, x: Tensor) -> None:
-        bound, loss, _beta = training_bound(self.model, self.guide, x, self.config, self.schedule, self.step)
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> None:
+        """One step on the minibatch ``x``; ``index``: its points' positions in the training set, for a local
+        guide (one q per training point, :func:`is_local`), whose q of those points is then used."""
+        guide = self.guide if index is None else _Selected(self.guide, index)
+        bound, loss, _beta = training_bound(self.model, guide, x, self.config, self.schedule, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip is not None:
@@ -103,3 +108,19 @@ class TrainStep:
         """Start the sums from ``sums`` (zero at an epoch's start; a resumed run's saved sums mid-epoch, so that
         they add up in the same order as in an uninterrupted run)."""
         self._sums.copy_(torch.tensor(sums, dtype=torch.float64))
+
+
+def is_local(guide: object) -> bool:
+    """Whether ``guide`` holds one q per training point (LocalGaussian, LocalFlow): it has ``select(index)``."""
+    return callable(getattr(guide, "select", None)) and isinstance(getattr(guide, "num_points", None), int)
+
+
+class _Selected:
+    """A local guide restricted to the minibatch's points: x -> q of the points ``index``."""
+
+    def __init__(self, guide: Any, index: Tensor) -> None:
+        self.guide, self.index = guide, index
+
+    def __call__(self, x: Tensor) -> Distribution:
+        q: Distribution = self.guide.select(self.index)
+        return q
