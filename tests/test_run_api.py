@@ -171,3 +171,18 @@ def test_fit_trains_iwae_by_vimco(tmp_path: Path) -> None:
     assert main(["fit", "--data", str(_data(tmp_path / "x.npy")), "--out", str(run), *FAST, "--epochs", "1",
                  "--objective", "iwae", "--k", "4", "--gradient", "vimco"]) == 0  # fmt: skip
     assert json.loads((run / "config.json").read_text())["gradient"] == "vimco"
+
+
+def test_train_run_is_fit_from_python(tmp_path: Path) -> None:
+    """`elbokit fit` as a library call: the same run directory, and an existing run refused unless replaced."""
+    from elbokit.runs import train_run
+
+    config = ek.RunConfig(data=str(_data(tmp_path / "x.npy")), epochs=1, batch_size=20, latent_dim=2, hidden=(16,),
+                          quiet=True, device="cpu")  # fmt: skip
+    trained = train_run(tmp_path / "run", config)
+    assert trained.result.epochs == 1 and trained.run.config.likelihood == "bernoulli"
+    assert ek.Run.open(tmp_path / "run").state["epoch"] == 1
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_run(tmp_path / "run", config)
+    again = train_run(tmp_path / "run", None, resume=True)
+    assert again.result.epochs == 1  # nothing left to train: it ends where it was

@@ -58,6 +58,7 @@ from elbokit.runs.run import (
     write_images,
     write_pictures,
 )
+from elbokit.runs.train import RESUMABLE, Trained, resumed_config, train_run
 
 __all__ = [
     "ACTIVATIONS",
@@ -69,10 +70,12 @@ __all__ = [
     "MAX_GRID",
     "PROPOSALS",
     "REPLACED_BY_OVERWRITE",
+    "RESUMABLE",
     "RUN_FILES",
     "Evaluation",
     "Run",
     "RunWriter",
+    "Trained",
     "absolute_data",
     "available_memory",
     "build_model",
@@ -94,6 +97,8 @@ __all__ = [
     "read_history",
     "read_sweep",
     "resolve_likelihood",
+    "resumed_config",
+    "train_run",
     "write_images",
     "write_json",
     "write_pictures",
