@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ from torch.distributions import (
     Uniform,
     kl_divergence,
 )
-from torch.distributions.transforms import SigmoidTransform
+from torch.distributions.transforms import ExpTransform, SigmoidTransform
 from torch.nn.functional import softplus
 
 from conftest import Z
@@ -207,7 +208,7 @@ def test_lognormal_q_gamma_prior_sampled_kl_per_dim() -> None:
     _improves(model, q, refine(model, lambda _: q, x, steps=200), x)
 
 
-def test_dirichlet_refine_gaps_and_no_per_dim_kl() -> None:
+def test_dirichlet_refine_gaps_and_per_dim_kl_of_its_beta_marginals() -> None:
     model = LinearLatent(Dirichlet(torch.full((3,), 2.0)), data_dim=5, seed=6)
     x = model.data(6)
     guide = PositiveGuide(5, 3, Dirichlet, parts=1)
@@ -216,8 +217,14 @@ def test_dirichlet_refine_gaps_and_no_per_dim_kl() -> None:
     _improves(model, q0, refine(model, guide, x, steps=300), x)
     g = gaps(model, guide, x, k=4000, steps=300, samples=1000, warn=False)
     _check_gaps(g, _grid_log_px(model, x, simplex=True))
+    c = collapse(model, guide, x)
+    with torch.no_grad():  # each coordinate of a Dirichlet(a) is Beta(a_j, a_0 - a_j): the KLs of those marginals
+        a, prior = guide(x).concentration, model.prior().concentration
+        expected = torch.stack([kl_divergence(Beta(a[:, j], a.sum(-1) - a[:, j]),
+                                              Beta(prior[j], prior.sum() - prior[j])) for j in range(3)], -1).mean(0)
+    torch.testing.assert_close(c.kl_per_dim, expected.to(c.kl_per_dim.dtype), rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="per-dimension KL needs a factorising q"):
-        collapse(model, guide, x)
+        collapse(model, lambda _: TransformedDistribution(guide(x), [ExpTransform()]), x)
 
 
 def _enumerate(d: int, one_hot: bool) -> Tensor:
@@ -272,3 +279,17 @@ def test_score_function_needs_two_samples() -> None:
     x = model.data(4)
     with pytest.raises(ValueError, match="samples >= 2"):
         refine(model, lambda x: Independent(Bernoulli(logits=torch.zeros(4, 2)), 1), x, steps=5, samples=1)
+
+
+def test_diagnose_runs_on_a_dirichlet_guide() -> None:
+    """Every diagnostic at once on a q that is neither Gaussian nor factorised."""
+    from elbokit.diagnostics import diagnose
+
+    model = LinearLatent(Dirichlet(torch.full((3,), 2.0)), data_dim=5, seed=6)
+    x = model.data(6)
+    guide = PositiveGuide(5, 3, Dirichlet, parts=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 6 points, k = 200: k-hat warnings are expected
+        d = diagnose(model, guide, x, k=200, refine_steps=50)
+    assert d.gaps.family == "local" and d.latent_dim == 3 and len(d.points.log_px) == 6
+    assert all(math.isfinite(v) for v in (d.elbo, d.log_px, d.gaps.approximation, *d.kl_per_dim))

@@ -7,8 +7,9 @@ r"""Posterior collapse: which latent dimensions carry information about x.
 
 The activity statistic and the threshold δ = 0.01 are Burda, Grosse & Salakhutdinov (2016)'s; the
 per-dimension KL uses q's marginals q(z_j|x) (exact for a factorised q, ``Independent(base, 1)`` of any family:
-Normal, Beta, Gamma, Bernoulli, ...; for a full-covariance Gaussian the per-dimension KLs need not sum to the
-joint KL; a q that does not factorise otherwise, a Dirichlet say, is refused), in closed form where registered.
+Normal, Beta, Gamma, Bernoulli, ...; a full-covariance Gaussian by its Normal marginals and a Dirichlet by its
+Beta marginals z_j ~ Beta(α_j, α_0 − α_j), whose per-dimension KLs need not sum to the joint KL; any other q
+that does not factorise is refused), in closed form where registered.
 The mutual information I(x; z) comes from :func:`surgery`.
 """
 
@@ -18,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Beta, Dirichlet, Distribution, Independent, MultivariateNormal, Normal
 
 from elbokit.diagnostics.surgery import surgery
 from elbokit.estimators._weights import (
@@ -65,9 +66,12 @@ def marginals(d: Distribution) -> Distribution:
     """The per-coordinate marginals of a q (or p) with event (d,), as one distribution with batch (..., d).
 
     Gaussians as in :func:`gaussian_marginals`; ``Independent(base, 1)`` by its base (an ``Independent(Beta, 1)``
-    has Beta marginals). Any other q does not factorise over the coordinates, and its marginals have no closed
-    form here: a ValueError.
+    has Beta marginals); a Dirichlet(α) by its Beta(α_j, α_0 − α_j) marginals. Any other q does not factorise
+    over the coordinates, and its marginals have no closed form here: a ValueError.
     """
+    if isinstance(d, Dirichlet):
+        concentration = d.concentration.expand(d.batch_shape + d.event_shape)
+        return Beta(concentration, concentration.sum(-1, keepdim=True) - concentration)
     if isinstance(d, MultivariateNormal) or (
         isinstance(d, Independent) and isinstance(d.base_dist, Normal) and d.reinterpreted_batch_ndims == 1
     ):
@@ -76,7 +80,7 @@ def marginals(d: Distribution) -> Distribution:
         return d.base_dist.expand(d.batch_shape + d.event_shape)
     raise ValueError(
         "per-dimension KL needs a factorising q and p(z) (Independent(base, 1) over the latent dimensions, or a "
-        f"MultivariateNormal by its marginals), got {type(d).__name__}"
+        f"MultivariateNormal or Dirichlet by its marginals), got {type(d).__name__}"
         + (f"({type(d.base_dist).__name__})" if isinstance(d, Independent) else "")
     )
 
