@@ -24,7 +24,7 @@ from elbokit.rundir import (
     set_aside,
 )
 from elbokit.train.checkpoint import BEST, CHECKPOINT, STATE
-from elbokit.train.loop import METRICS, STEPS, TENSORBOARD
+from elbokit.train.records import METRICS, STEPS, TENSORBOARD
 
 CONFIG = "config.json"
 DATASET = "dataset.json"
