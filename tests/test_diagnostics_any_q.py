@@ -38,6 +38,7 @@ from elbokit.diagnostics import collapse, gaps, refine, surgery
 from elbokit.diagnostics.gaps import Gaps, elbo_with_stderr
 from elbokit.diagnostics.refine import family_of
 from elbokit.diagnostics.refine_any import decompose
+from elbokit.estimators import elbo
 
 QUAD = 2e-3  # nats: allowance for the midpoint-rule log p(x)
 
@@ -293,3 +294,23 @@ def test_diagnose_runs_on_a_dirichlet_guide() -> None:
         d = diagnose(model, guide, x, k=200, refine_steps=50)
     assert d.gaps.family == "local" and d.latent_dim == 3 and len(d.points.log_px) == 6
     assert all(math.isfinite(v) for v in (d.elbo, d.log_px, d.gaps.approximation, *d.kl_per_dim))
+
+
+def test_gamma_refinement_converges_from_a_poor_start() -> None:
+    """A sharp Gamma posterior (noise 0.3) from the encoder's poor start: 300 steps get within 0.3 nats per point
+    of 2000 (measured 0.10; by concentration and rate instead of mean and concentration, 300 steps stopped 4.6
+    nats short). ELBOs from 4000 draws per point: their Monte-Carlo error is about 0.005."""
+    prior = Independent(Gamma(torch.full((3,), 3.0), torch.full((3,), 3.0)), 1)
+    model = LinearLatent(prior, data_dim=4, seed=2, weight=2.0, scale=0.3)
+    x = model.data(8)
+    guide = PositiveGuide(4, 3, Gamma)
+
+    def refined_elbo(steps: int) -> float:
+        torch.manual_seed(0)
+        q = refine(model, guide, x, steps=steps)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return float(elbo(model, lambda _: q, x, samples=4000).value.mean())
+
+    short, long = refined_elbo(300), refined_elbo(2000)
+    assert long - short < 0.3, (short, long)
