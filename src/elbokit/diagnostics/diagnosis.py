@@ -8,12 +8,10 @@ file that lacks a key or holds a value of another type (an older file, a crafted
 
 from __future__ import annotations
 
-import math
-import sys
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, get_args
 
+from elbokit._json import Check, count, is_finite, is_real, list_of, one_of, record
 from elbokit.diagnostics.evidence import CurvePoint
 from elbokit.diagnostics.gaps import GapSummary
 from elbokit.diagnostics.rate_distortion import RatePoint
@@ -154,67 +152,37 @@ class Diagnosis:
         )  # fmt: skip
 
 
-_Check = Callable[[Any], bool]
-
-
-def _real(value: Any) -> bool:
-    """An int or float that converts to float: not a bool, a string or an int too large for a float."""
-    return isinstance(value, float) or (type(value) is int and abs(value) <= sys.float_info.max)
-
-
-def _finite(value: Any) -> bool:
-    return _real(value) and math.isfinite(value)
-
-
-def _count(low: int) -> _Check:
-    return lambda value: type(value) is int and value >= low
-
-
-def _one_of(*choices: str) -> _Check:
-    return lambda value: isinstance(value, str) and value in choices
-
-
-def _list_of(check: _Check) -> _Check:
-    return lambda value: isinstance(value, list) and all(check(item) for item in value)
-
-
-def _record(checks: Mapping[str, _Check], *, exact: bool = False) -> _Check:
-    """A JSON object holding each key of ``checks`` with a value that passes it (and no other key, if ``exact``)."""
-    return lambda value: (isinstance(value, dict) and (not exact or set(value) == set(checks))
-                          and all(key in value and check(value[key]) for key, check in checks.items()))  # fmt: skip
-
-
 #: What each value of a ``diagnostics.json`` must be (the types :meth:`Diagnosis.to_dict` writes). Estimates are
 #: finite; standard errors and k-hat may be infinite (k-hat is -inf where no point has a finite one).
-_GAPS: dict[str, _Check] = {
-    **dict.fromkeys(("log_px", "elbo_optimal", "elbo_amortized", "approximation", "amortization"), _finite),
+_GAPS: dict[str, Check] = {
+    **dict.fromkeys(("log_px", "elbo_optimal", "elbo_amortized", "approximation", "amortization"), is_finite),
     **dict.fromkeys(("log_px_stderr", "elbo_optimal_stderr", "elbo_amortized_stderr", "elbo_sample_sd",
-                     "pareto_k_max"), _real),
-    "n": _count(1), "steps": _count(0), "unreliable": _count(0), "refine_steps": _count(0),
-    "family": _one_of(*get_args(Family)), "reference": _one_of(*get_args(ReferenceMethod)),
+                     "pareto_k_max"), is_real),
+    "n": count(1), "steps": count(0), "unreliable": count(0), "refine_steps": count(0),
+    "family": one_of(*get_args(Family)), "reference": one_of(*get_args(ReferenceMethod)),
 }  # fmt: skip
-_RATE: dict[str, _Check] = {
-    **dict.fromkeys(("rate", "distortion", "elbo"), _finite),
-    **dict.fromkeys(("rate_stderr", "distortion_stderr", "elbo_stderr"), _real),  # inf with one draw per point
-    "n": _count(1), "samples": _count(1),
+_RATE: dict[str, Check] = {
+    **dict.fromkeys(("rate", "distortion", "elbo"), is_finite),
+    **dict.fromkeys(("rate_stderr", "distortion_stderr", "elbo_stderr"), is_real),  # inf with one draw per point
+    "n": count(1), "samples": count(1),
 }  # fmt: skip
-_CHECKS: dict[str, _Check] = {
-    "n": _count(1), "k": _count(1), "elbo": _finite, "reconstruction": _finite, "kl": _finite,
-    "log_px": _finite, "log_px_stderr": _real, "pareto_k_max": _real, "pareto_k_over_threshold": _count(0),
-    "min_ess": _real, "iwae": _list_of(_record({"k": _count(1), "value": _finite, "stderr": _real})),
-    "gaps": _record(_GAPS), "rate_distortion": _record(_RATE, exact=True), "collapse_q": lambda v: isinstance(v, str),
-    "kl_per_dim": _list_of(_finite), "activity": _list_of(_finite), "active_units": _count(0), "latent_dim": _count(1),
-    "activity_threshold": _finite,
-    "surgery": _record(dict.fromkeys(SurgeryFigure._fields, _finite)),
-    "points": _record({"log_px": _list_of(_real), "elbo": _list_of(_real), "pareto_k": _list_of(_real)}, exact=True),
-    "seconds": _finite,
+_CHECKS: dict[str, Check] = {
+    "n": count(1), "k": count(1), "elbo": is_finite, "reconstruction": is_finite, "kl": is_finite,
+    "log_px": is_finite, "log_px_stderr": is_real, "pareto_k_max": is_real, "pareto_k_over_threshold": count(0),
+    "min_ess": is_real, "iwae": list_of(record({"k": count(1), "value": is_finite, "stderr": is_real})),
+    "gaps": record(_GAPS), "rate_distortion": record(_RATE, exact=True), "collapse_q": lambda v: isinstance(v, str),
+    "kl_per_dim": list_of(is_finite), "activity": list_of(is_finite), "active_units": count(0), "latent_dim": count(1),
+    "activity_threshold": is_finite,
+    "surgery": record(dict.fromkeys(SurgeryFigure._fields, is_finite)),
+    "points": record({"log_px": list_of(is_real), "elbo": list_of(is_real), "pareto_k": list_of(is_real)}, exact=True),
+    "seconds": is_finite,
 }  # fmt: skip
 #: Keys that may be absent or null, checked where present.
-_OPTIONAL: dict[str, _Check] = {
-    "ais": _record({"steps": _count(1), "value": _finite, "stderr": _real}, exact=True),
-    "elbo_kl": _one_of(*get_args(KLMethod)),
+_OPTIONAL: dict[str, Check] = {
+    "ais": record({"steps": count(1), "value": is_finite, "stderr": is_real}, exact=True),
+    "elbo_kl": one_of(*get_args(KLMethod)),
     "run": lambda v: isinstance(v, str),
-    "split": _one_of("train", "validation", "test"),
-    "epoch": _count(0),
-    "step": _count(0),
+    "split": one_of("train", "validation", "test"),
+    "epoch": count(0),
+    "step": count(0),
 }

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
+from elbokit._json import count, is_real
 from elbokit.config import PROPOSALS
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
@@ -65,26 +66,18 @@ class Evaluation:
         return cls(**d)
 
 
-def _is_count(value: Any) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _is_real(value: Any) -> bool:
-    return type(value) in (int, float)
-
-
-def _is_text(value: Any) -> bool:
+def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
 #: Evaluation's fields: the check of each value, and whether it may be null or absent.
 _FIELDS: dict[str, tuple[Callable[[Any], bool], bool]] = {
     **dict.fromkeys(("elbo", "log_px", "log_px_stderr", "kl", "reconstruction", "min_ess", "pareto_k_max"),
-                    (_is_real, False)),
-    "n": (_is_count, False), "k": (_is_count, False), "pareto_k_over_threshold": (_is_count, False),
-    "split": (_is_text, False), "bits_per_dim": (_is_real, True), "proposal": (_is_text, True),
-    "kl_method": (_is_text, True), "checkpoint": (_is_text, True), "epoch": (_is_count, True),
-    "step": (_is_count, True),
+                    (is_real, False)),
+    "n": (count(), False), "k": (count(), False), "pareto_k_over_threshold": (count(), False),
+    "split": (_text, False), "bits_per_dim": (is_real, True), "proposal": (_text, True),
+    "kl_method": (_text, True), "checkpoint": (_text, True), "epoch": (count(), True),
+    "step": (count(), True),
 }  # fmt: skip
 
 

@@ -20,7 +20,6 @@ truncated or foreign file and one whose tensors do not fit the model.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
 from elbokit._io import atomic_write
+from elbokit._json import count, is_finite
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"  # the checkpoint at the best validation bound so far
@@ -133,26 +133,18 @@ def load_checkpoint(run_dir: Path, *, name: str = CHECKPOINT) -> Checkpoint:
     return Checkpoint(tensors=tensors, state=state)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 #: The metadata fields of a checkpoint, each with a check of its type and range and what it should be.
 _STATE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epoch": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer >= 0"),
-    "position": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer >= 0"),
-    "step": (lambda v: _is_int(v) and 0 <= v < 2**62, "an integer >= 0"),
+    "epoch": (count(0, 2**31), "an integer >= 0"),
+    "position": (count(0, 2**31), "an integer >= 0"),
+    "step": (count(0, 2**62), "an integer >= 0"),
     "sums": (lambda v: isinstance(v, dict) and set(v) == {"bound", "reconstruction", "kl", "seconds"}
-             and all(_is_number(x) for x in v.values()), "a table of four finite numbers"),
-    "best": (lambda v: v is None or _is_number(v), "a finite number or null"),
-    "since_best": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer >= 0"),
+             and all(is_finite(x) for x in v.values()), "a table of four finite numbers"),
+    "best": (lambda v: v is None or is_finite(v), "a finite number or null"),
+    "since_best": (count(0, 2**31), "an integer >= 0"),
     "config": (lambda v: isinstance(v, dict), "a table of settings"),
     "param_groups": (lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict)
-                     and _is_number(v[0].get("lr")) and isinstance(v[0].get("params"), list), "one Adam group"),
+                     and is_finite(v[0].get("lr")) and isinstance(v[0].get("params"), list), "one Adam group"),
 }  # fmt: skip
 
 
