@@ -166,3 +166,13 @@ def as_float32(array: np.ndarray) -> Tensor:
 def as_labels(array: np.ndarray) -> Tensor:
     """An int64 tensor copy of ``array``."""
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
+def check_finite(x: np.ndarray, where: str, lines: list[int] | None = None) -> None:
+    """Refuse NaN or inf values of an (N, D) array, naming how many and the first row (and its line in a text
+    file, where ``lines`` maps rows to 1-based line numbers)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = int(bad.any(axis=1).argmax())
+        at = f"row {row}" if lines is None else f"row {row} (line {lines[row]})"
+        raise DataError(f"{where}: {int(bad.sum())} NaN or inf values, the first in {at}")

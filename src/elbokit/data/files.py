@@ -12,10 +12,8 @@ allocated for the data. ``support`` is inferred from the values.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -24,7 +22,8 @@ from typing import IO
 import numpy as np
 from torch import Tensor
 
-from elbokit.data.base import DataError, Dataset, as_float32, as_labels, infer_support, permutation_split
+from elbokit.data._csv import read_csv
+from elbokit.data.base import DataError, Dataset, as_float32, as_labels, check_finite, infer_support, permutation_split
 
 SPLIT_KEYS: tuple[str, ...] = ("train", "validation", "test")
 _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # an .npz file is a zip archive
@@ -68,7 +67,7 @@ def load_file(path: str | Path, *, seed: int = 0) -> Dataset:
     if suffix == ".npy":
         x, image_shape = _points(_np_load(path), f"{path}")
     else:
-        x, image_shape = _read_csv(path), None
+        x, image_shape = read_csv(path), None
     return _split_single(path, x, image_shape, seed=seed)
 
 
@@ -132,16 +131,8 @@ def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] 
     image_shape = (int(array.shape[1]), int(array.shape[2])) if array.ndim == 3 else None
     with np.errstate(over="ignore"):  # values beyond float32's range become inf, reported just below
         x = np.ascontiguousarray(array.reshape(array.shape[0], -1), dtype=np.float32)
-    _check_finite(x, where)
+    check_finite(x, where)
     return x, image_shape
-
-
-def _check_finite(x: np.ndarray, where: str, lines: list[int] | None = None) -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row = int(bad.any(axis=1).argmax())
-        at = f"row {row}" if lines is None else f"row {row} (line {lines[row]})"
-        raise DataError(f"{where}: {int(bad.sum())} NaN or inf values, the first in {at}")
 
 
 def _split_single(path: Path, x: np.ndarray, image_shape: tuple[int, int] | None, *, seed: int) -> Dataset:
@@ -244,68 +235,3 @@ def _labels(array: np.ndarray | None, where: str, n: int) -> Tensor:
     if array.dtype.kind == "u" and array.size and int(array.max()) > np.iinfo(np.int64).max:
         raise DataError(f"{where}: label {int(array.max())} does not fit in int64")
     return as_labels(array)
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    """Parse a numeric CSV into (N, D) float32; a first row in which no field is a number is a header.
-
-    numpy's C parser reads well-formed files; anything it rejects, or any NaN / inf, is re-read line by line to
-    name the offending line.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
-    lines = text.splitlines()
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None:
-        raise DataError(f"{path}: no data rows")
-    header = all(_float(f) is None for f in lines[first].split(","))
-    try:
-        with np.errstate(over="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data": reported below
-            x = np.loadtxt(
-                io.StringIO(text), delimiter=",", comments=None, skiprows=first + header, ndmin=2, dtype=np.float64
-            ).astype(np.float32)
-        if x.size and np.isfinite(x).all():
-            return x
-    except ValueError:
-        pass
-    return _read_csv_by_line(path, lines, header)
-
-
-def _read_csv_by_line(path: Path, lines: list[str], header: bool) -> np.ndarray:
-    rows: list[list[float]] = []
-    numbers: list[int] = []  # the 1-based line number of each row
-    width = None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if header and width is None:
-            width = len(fields)
-            continue
-        values = [_float(f) for f in fields]
-        bad = next((f for f, v in zip(fields, values, strict=True) if v is None), None)
-        if bad is not None:
-            raise DataError(f"{path}, line {number}: non-numeric value {bad!r}")
-        if width is not None and len(values) != width:
-            raise DataError(f"{path}, line {number}: {len(values)} values, expected {width}")
-        width = len(values)
-        rows.append([v for v in values if v is not None])
-        numbers.append(number)
-    if not rows:
-        raise DataError(f"{path}: no data rows")
-    with np.errstate(over="ignore"):
-        x = np.asarray(rows, dtype=np.float64).astype(np.float32)
-    _check_finite(x, str(path), numbers)
-    return x
-
-
-def _float(field: str) -> float | None:
-    try:
-        return float(field)
-    except ValueError:
-        return None
