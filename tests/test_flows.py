@@ -368,7 +368,7 @@ def test_cli_fit_with_a_flow_guide_resumes_bit_identical(
         ("flow:0", "guide flow:K needs an integer K >= 1 (flow steps), got 'flow:0'"),
         ("flow:x", "guide flow:K needs an integer K >= 1 (flow steps), got 'flow:x'"),
         ("flow:", "got 'flow:'"),
-        ("nonsense", "guide must be gaussian, full or flow[:K], got 'nonsense'"),
+        ("nonsense", "guide must be gaussian, full, flow[:K], local or local:full, got 'nonsense'"),
         ("Flow", "got 'Flow'"),
     ],
 )

@@ -9,7 +9,7 @@ The whole public API::
     ek.iwae(model, guide, x, k=50, gradient="reparam" | "stl" | "dreg")        # -> Bound
     ek.log_marginal(model, guide, x, k=5000)                                   # -> Estimate
     ek.gradient_variance(model, guide, x, params=...)                          # -> {name: GradientStats}
-    ek.AmortizedGaussian, ek.LocalGaussian                                     # guides
+    ek.AmortizedGaussian, ek.LocalGaussian, ek.NonAmortizedGaussian            # guides
     ek.AmortizedFlow, ek.LocalFlow                                             # flow guides (elbokit[flows])
     ek.VAE.mlp(784, 50, hidden=(200, 200), likelihood="bernoulli")             # a model whose encoder is a guide
     ek.fit(vae, vae.encoder, ek.data.load("binarized-mnist"), ek.RunConfig(epochs=10))  # -> FitResult
@@ -23,7 +23,7 @@ from elbokit import data
 from elbokit import distributions as _distributions  # noqa: F401  (registers extra KL pairs)
 from elbokit.config import RunConfig
 from elbokit.estimators import elbo, gradient_variance, iwae, iwae_bound, log_marginal, log_weights
-from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian
+from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian, NonAmortizedGaussian
 from elbokit.models import VAE, FixedGuide, Guide, LatentModel, LinearGaussian
 from elbokit.types import Bound, Estimate, GradientStats
 
@@ -56,6 +56,7 @@ __all__ = [
     "LinearGaussian",
     "LocalFlow",
     "LocalGaussian",
+    "NonAmortizedGaussian",
     "Run",
     "RunConfig",
     "__version__",

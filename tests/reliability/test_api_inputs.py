@@ -470,6 +470,19 @@ BAD_INPUTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         ValueError,
         OUTSIDE,
     ),
+    ("NonAmortizedGaussian steps 0", lambda: ek.NonAmortizedGaussian(4, 2, steps=0), ValueError,
+     r"steps must be an integer >= 1, got 0"),
+    ("NonAmortizedGaussian lr 0", lambda: ek.NonAmortizedGaussian(4, 2, lr=0.0), ValueError, r"lr must be > 0"),
+    ("NonAmortizedGaussian covariance", lambda: ek.NonAmortizedGaussian(4, 2, covariance="low-rank"),  # type: ignore[arg-type]
+     ValueError, r"covariance must be"),
+    ("NonAmortizedGaussian unbound", lambda: ek.NonAmortizedGaussian(4, 2)(_x()), ValueError,
+     r"bound to no model: call bind\(model\)"),
+    ("VAE.mlp local without num_points", lambda: VAE.mlp(6, 2, guide="local"), ValueError,
+     r"num_points goes with guide='local'"),
+    ("VAE.mlp num_points without local", lambda: VAE.mlp(6, 2, num_points=5), ValueError,
+     r"num_points goes with guide='local'"),
+    ("VAE.mlp local num_points 0", lambda: VAE.mlp(6, 2, guide="local", num_points=0), ValueError,
+     r"num_points must be"),
 ]
 
 
@@ -570,6 +583,10 @@ BAD_CONFIGS = [
     ("likelihood-unknown", {"likelihood": "poisson"}, r"unknown likelihood 'poisson'"),
     ("iwae-beta", {"objective": "iwae", "k": 5, "beta": 0.5}, r"β and annealing apply to the elbo objective"),
     ("clip-zero", {"clip": 0}, r"clip must be a finite number > 0"),
+    ("local-lr-text", {"local_lr": "0.1"}, r"local_lr must be a number, got '0\.1'"),
+    ("local-lr-negative", {"local_lr": -1.0}, r"local_lr must be a finite number > 0"),
+    ("guide-local-typo", {"guide": "locals"}, r"guide must be gaussian, full, flow\[:K\], local or local:full"),
+    ("freebits-local-full", {"guide": "local:full", "anneal": "freebits:0.5"}, r"free bits needs the diagonal"),
 ]
 
 

@@ -123,6 +123,24 @@ def _burda_run(run: Path, data: Path, tmp: Path) -> None:
     assert main(["fit", "--data", str(data), "--out", str(tmp / "burda"), *FAST, "--lr-schedule", "burda"]) == 0
 
 
+def _local_run(change: Callable[[dict[str, object], dict[str, torch.Tensor]], None] | None = None,
+               ) -> Callable[[Path, Path, Path], None]:  # fmt: skip
+    """A run with a local guide (one q per training point) in {TMP}/local, its checkpoint then changed."""
+    def setup(run: Path, data: Path, tmp: Path) -> None:
+        assert main(["fit", "--data", str(data), "--out", str(tmp / "local"), *FAST, "--guide", "local"]) == 0
+        if change is not None:
+            _edit_checkpoint(tmp / "local", change)
+
+    return setup
+
+
+def _shorten(name: str) -> Callable[[dict[str, object], dict[str, torch.Tensor]], None]:
+    def change(state: dict[str, object], tensors: dict[str, torch.Tensor]) -> None:
+        tensors[name] = tensors[name][:-1].clone()
+
+    return change
+
+
 NEW = ["fit", "--data", "{DATA}", "--out", "{TMP}/new", *FAST]
 TOML = ["fit", "--data", "{DATA}", "--out", "{TMP}/new"]  # no flags: the file's settings are not overridden
 OVER = ["fit", "--data", "{DATA}", "--out", "{RUN}", *FAST, "--overwrite"]
@@ -157,6 +175,10 @@ CASES = [
     Case("likelihood-scale", [*OVER, "--likelihood", "gaussian:abc"], "SCALE must be"),
     Case("guide-unknown", [*OVER, "--guide", "planar"], "guide must be"),
     Case("guide-flow-zero", [*OVER, "--guide", "flow:0"], "flow:K needs an integer K >= 1"),
+    Case("guide-local-unknown", [*OVER, "--guide", "local:diag"], "guide must be"),
+    Case("local-lr-zero", [*OVER, "--guide", "local", "--local-lr", "0"], "local_lr must be a finite number > 0"),
+    Case("local-lr-nan", [*OVER, "--guide", "local", "--local-lr", "nan"], "finite"),
+    Case("local-full-beyond-memory", [*OVER, "--guide", "local:full", "--latent-dim", "20000"], "needs about"),
     Case("device-unknown", [*OVER, "--device", "tpu0"], "device must be auto, cpu or cuda"),
     Case("device-no-cuda", [*OVER, "--device", "cuda"], "CUDA is not available"),
     Case("hidden-beyond-memory", [*OVER, "--hidden", "200000,200000,200000"], "needs about"),  # was: exit 1
@@ -209,6 +231,13 @@ CASES = [
     Case("existing-run", ["fit", "--data", "{DATA}", "--out", "{RUN}", *FAST], "already holds a run"),
     Case("resume-and-overwrite", ["fit", "--out", "{RUN}", "--resume", "--overwrite"], "exclude each other"),
     Case("resume-changed-lr", ["fit", "--out", "{RUN}", "--resume", "--lr", "0.5"], "differs from the run's"),
+    Case("resume-changed-local-lr", ["fit", "--out", "{RUN}", "--resume", "--local-lr", "0.5"],
+         "differs from the run's"),
+    Case("resume-changed-guide", ["fit", "--out", "{RUN}", "--resume", "--guide", "local"], "differs from the run's"),
+    Case("resume-local-table-short", ["fit", "--out", "{TMP}/local", "--resume", "--epochs", "3"], "shape",
+         _local_run(_shorten("model.encoder.table.loc"))),
+    Case("resume-local-moment-short", ["fit", "--out", "{TMP}/local", "--resume", "--epochs", "3"], "shape",
+         _local_run(_shorten("optimizer.4.exp_avg"))),
     Case("resume-fewer-epochs", ["fit", "--out", "{RUN}", "--resume", "--epochs", "1"],
          "the checkpoint is at epoch 2"),  # was: accepted, nothing trained
     Case("resume-burda-longer", ["fit", "--out", "{TMP}/burda", "--resume", "--epochs", "5"],

@@ -12,8 +12,8 @@ from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 FIELDS = {
     "data", "data_dir", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood", "objective", "k",
-    "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "lr_schedule", "clip", "patience", "seed", "device",
-    "quiet", "guide", "log_every", "tensorboard",
+    "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "local_lr", "lr_schedule", "clip", "patience",
+    "seed", "device", "quiet", "guide", "log_every", "tensorboard",
 }  # fmt: skip
 
 
@@ -32,8 +32,9 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a("--activation", choices=ACTIVATIONS, help="hidden activation (default tanh)")
     a("--likelihood", help="auto (default: follows the data), bernoulli, continuous-bernoulli, "
       "gaussian[:S|learned|decoder], laplace[:S|learned|decoder]")  # fmt: skip
-    a("--guide", help="q(z|x): gaussian (diagonal, default), full (full covariance) or flow[:K] (K inverse "
-      "autoregressive steps on the Gaussian, default 4; needs elbokit[flows])")  # fmt: skip
+    a("--guide", help="q(z|x): gaussian (diagonal, default), full (full covariance), flow[:K] (K inverse "
+      "autoregressive steps on the Gaussian, default 4; needs elbokit[flows]) or local[:full] (no encoder: a "
+      "Gaussian q per training point, non-amortized VI; other points' q is fitted from the prior)")  # fmt: skip
     a("--objective", choices=OBJECTIVES, help="elbo (default) or iwae")
     a("--k", type=_positive_int, help="samples per point (IWAE_k for --objective iwae; default 1)")
     a("--gradient", choices=("reparam", "score", "stl", "dreg", "vimco"),
@@ -42,6 +43,7 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a("--anneal", help="constant, linear:N, cyclical:N[:R] or freebits:LAMBDA (N steps or Nep)")
     a("--batch-size", type=_positive_int, help="points per step (default 100)")
     a("--lr", type=_number, help="Adam learning rate (default 1e-3)")
+    a("--local-lr", type=_number, help="--guide local: Adam learning rate of the per-point q (default 0.1)")
     a("--lr-schedule", choices=LR_SCHEDULES, help="constant (default) or burda: Burda et al. (2016)'s 8 stages of "
       "3^i epochs at lr 10^(-i/7), scaled to --epochs")  # fmt: skip
     a("--clip", type=_number, help="clip the gradient norm to this value")

@@ -19,6 +19,7 @@ from elbokit.diagnostics.surgery import surgery
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.estimators._weights import check_data, check_positive_int
+from elbokit.guides.nonamortized import fitted_once
 from elbokit.models.base import FixedGuide, Guide, LatentModel
 
 
@@ -81,6 +82,7 @@ def diagnose(
     device = x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        guide = fitted_once(guide, x)  # a non-amortized guide's q is fitted to x once, not once per figure
         with torch.inference_mode():
             bound = elbo(model, guide, x)
             estimate = log_marginal(model, guide, x, k=k, warn=False)

@@ -58,6 +58,9 @@ class VAE(nn.Module):
         if not isinstance(likelihood, Likelihood):
             raise ValueError(f"likelihood must be an elbokit Likelihood, got {type(likelihood).__name__}")
         self.encoder = encoder
+        bind = getattr(encoder, "bind", None)
+        if callable(bind):  # a guide that fits q under the model (NonAmortizedGaussian)
+            bind(self)
         self.decoder = decoder
         self.observation = likelihood
         self.latent_dim = latent_dim
@@ -77,8 +80,9 @@ class VAE(nn.Module):
         likelihood: str | Likelihood = "bernoulli",
         covariance: Covariance = "diagonal",
         min_scale: float = 1e-5,
-        guide: Literal["gaussian", "flow"] = "gaussian",
+        guide: Literal["gaussian", "flow", "local"] = "gaussian",
         transforms: int = 4,
+        num_points: int | None = None,
     ) -> VAE:
         """An MLP VAE: encoder D -> hidden... -> q's parameters, decoder d -> reversed(hidden)... -> p's.
 
@@ -96,24 +100,34 @@ class VAE(nn.Module):
             guide: ``"gaussian"`` (:class:`elbokit.AmortizedGaussian`) or ``"flow"`` (:class:`elbokit.AmortizedFlow`:
                 the encoder's Gaussian pushed through ``transforms`` IAF steps conditioned on its last hidden layer;
                 needs the optional ``zuko``).
+                Or ``"local"``: no encoder network but a :class:`elbokit.NonAmortizedGaussian` over ``num_points``
+                training points (non-amortized VI; ``hidden`` then shapes the decoder alone).
             transforms: K, the flow's steps (``guide="flow"`` only).
+            num_points: N, the training points of a ``"local"`` guide.
 
         References:
             Burda, Grosse & Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
         """
-        from elbokit.guides import AmortizedFlow, AmortizedGaussian  # not at module level: guides imports models
+        # not at module level: guides imports models
+        from elbokit.guides import AmortizedFlow, AmortizedGaussian, NonAmortizedGaussian
 
         check_positive_int("data_dim", data_dim)
         check_positive_int("latent_dim", latent_dim)
         check_nonnegative("min_scale", min_scale)
-        if guide not in ("gaussian", "flow"):
-            raise ValueError(f"guide must be 'gaussian' or 'flow', got {guide!r}")
+        if guide not in ("gaussian", "flow", "local"):
+            raise ValueError(f"guide must be 'gaussian', 'flow' or 'local', got {guide!r}")
+        if (guide == "local") != (num_points is not None):
+            raise ValueError("num_points goes with guide='local' (the training points' count), and only with it")
         if guide == "flow" and covariance != "diagonal":
             raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
         observation = make_likelihood(likelihood, data_dim) if isinstance(likelihood, str) else likelihood
         hidden = tuple(hidden)
         encoder: nn.Module
-        if guide == "flow":
+        if guide == "local":
+            assert num_points is not None
+            check_positive_int("num_points", num_points)
+            encoder = NonAmortizedGaussian(num_points, latent_dim, covariance=covariance)
+        elif guide == "flow":
             encoder = AmortizedFlow.mlp(
                 data_dim, latent_dim, hidden=hidden, transforms=transforms, activation=activation, min_scale=min_scale
             )

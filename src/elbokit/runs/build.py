@@ -36,12 +36,20 @@ def resolve_likelihood(config: RunConfig, data: Dataset) -> RunConfig:
     return dataclasses.replace(config, likelihood=LIKELIHOOD_FOR_SUPPORT[data.support])
 
 
-def build_model(config: RunConfig, data_dim: int) -> VAE:
-    """The VAE a config describes: MLP encoder (the guide: Gaussian or flow) and mirrored decoder, the chosen
+def training_points(config: RunConfig, data: Dataset) -> int:
+    """N, the points a run trains on (the first ``limit`` of the training split)."""
+    return int(data.train[: config.limit].shape[0])
+
+
+def build_model(config: RunConfig, data_dim: int, num_points: int | None = None) -> VAE:
+    """The VAE a config describes: MLP encoder (the guide: Gaussian or flow; for ``guide="local"`` a
+    :class:`elbokit.NonAmortizedGaussian` over ``num_points`` training points) and mirrored decoder, the chosen
     likelihood; float32, the datasets' dtype, whatever torch's default dtype."""
     if config.likelihood == AUTO_LIKELIHOOD:
         raise ValueError("likelihood 'auto' follows the data: resolve it first with resolve_likelihood(config, data)")
     guide = parse_guide(config.guide)
+    if guide.kind == "local" and num_points is None:
+        raise ValueError("a local guide needs the number of training points (num_points)")
     model = VAE.mlp(
         data_dim,
         config.latent_dim,
@@ -51,6 +59,7 @@ def build_model(config: RunConfig, data_dim: int) -> VAE:
         covariance=guide.covariance,
         guide=guide.kind,
         transforms=guide.transforms,
+        num_points=num_points if guide.kind == "local" else None,
     )
     return model.to(torch.float32)
 
@@ -60,9 +69,10 @@ def new_model(config: RunConfig, data: Dataset) -> VAE:
     decoder's output bias at the training data's mean (Burda et al. 2016). A resumed run then loads its
     checkpoint over it."""
     config = resolve_likelihood(config, data)
-    check_model_size(config, data.data_dim, resolve_device(config.device))
+    num_points = training_points(config, data)
+    check_model_size(config, data.data_dim, resolve_device(config.device), num_points=num_points)
     torch.manual_seed(config.seed)
-    model = build_model(config, data.data_dim)
+    model = build_model(config, data.data_dim, num_points)
     check_data(model, data)
     model.init_output_bias(data.train[: config.limit].mean(0))
     return model
@@ -81,10 +91,14 @@ def check_data(model: VAE, data: Dataset) -> None:
 BYTES_PER_PARAMETER = 16
 
 
-def check_model_size(config: RunConfig, data_dim: int, device: torch.device) -> None:
+def check_model_size(config: RunConfig, data_dim: int, device: torch.device, *, num_points: int = 0) -> None:
     """Refuse a model whose parameters and optimizer state would not fit in the device's available memory."""
     hidden = list(config.hidden)
-    encoder = _mlp_parameters([data_dim, *hidden, 2 * config.latent_dim])
+    guide, d = parse_guide(config.guide), config.latent_dim
+    if guide.kind == "local":  # a mean and a scale (or a d x d factor) per training point
+        encoder = num_points * d * (2 if guide.covariance == "diagonal" else d + 1)
+    else:
+        encoder = _mlp_parameters([data_dim, *hidden, 2 * config.latent_dim])
     decoder = _mlp_parameters([config.latent_dim, *hidden[::-1], 2 * data_dim])
     activations = 4 * config.batch_size * config.k * (sum(config.hidden) * 2 + 3 * data_dim) * 4
     needed = (encoder + decoder) * BYTES_PER_PARAMETER + activations

@@ -23,7 +23,7 @@ from elbokit.rundir import (
     REPLACED,
     replaced_folder,
 )
-from elbokit.runs.build import build_model, check_data, load_data
+from elbokit.runs.build import build_model, check_data, load_data, training_points
 from elbokit.runs.evaluation import Evaluation, evaluate
 from elbokit.runs.files import CONFIG, EVALUATION, check_data_file, read_description, write_json
 from elbokit.train.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_model_state
@@ -85,7 +85,7 @@ class Run:
         if trained_dim is not None and trained_dim != data.data_dim:
             raise ValueError(f"{config.data} now has dimension {data.data_dim}; the run was trained on {trained_dim}")
         check_data_file(path, config)
-        model = build_model(config, data.data_dim)
+        model = build_model(config, data.data_dim, training_points(config, data))
         load_model_state(model, saved, source=f"{path / (BEST if checkpoint == 'best' else CHECKPOINT)}")
         recorded = saved.state.get("config", {})
         differs = [name for name, value in config.to_dict().items()
@@ -99,7 +99,8 @@ class Run:
 
     @property
     def guide(self) -> Guide:
-        """q(z|x): the model's encoder."""
+        """q(z|x): the model's encoder (for a ``guide="local"`` run, a :class:`elbokit.NonAmortizedGaussian`:
+        its training points' q by ``select(index)``, and q fitted per point for any x it is called with)."""
         return self.model.encoder
 
     @property

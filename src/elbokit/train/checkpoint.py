@@ -143,8 +143,9 @@ _STATE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "best": (lambda v: v is None or is_finite(v), "a finite number or null"),
     "since_best": (count(0, 2**31), "an integer >= 0"),
     "config": (lambda v: isinstance(v, dict), "a table of settings"),
-    "param_groups": (lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict)
-                     and is_finite(v[0].get("lr")) and isinstance(v[0].get("params"), list), "one Adam group"),
+    "param_groups": (lambda v: isinstance(v, list) and len(v) in (1, 2) and all(
+                     isinstance(g, dict) and is_finite(g.get("lr")) and isinstance(g.get("params"), list) for g in v),
+                     "one Adam group (two with a local guide)"),
 }  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from elbokit.config import RunConfig
 from elbokit.data import Dataset
 from elbokit.errors import TrainingDiverged
 from elbokit.estimators._weights import check_data
-from elbokit.models.base import FixedGuide, Guide, LatentModel
+from elbokit.models.base import Guide, LatentModel
 from elbokit.train.checkpoint import (
     BEST,
     CHECKPOINT,
@@ -61,7 +61,7 @@ from elbokit.train.records import (
 )
 from elbokit.train.records import TENSORBOARD_MISSING as TENSORBOARD_MISSING  # re-exported
 from elbokit.train.schedules import check_reaches_target, lr_factor, parse_schedule
-from elbokit.train.step import NonFiniteStep, TrainStep, is_local, make_optimizer, unvalidated
+from elbokit.train.step import NonFiniteStep, TrainStep, is_local, local_parameters, make_optimizer, unvalidated
 
 
 @dataclass
@@ -168,7 +168,7 @@ def fit(
     if isinstance(guide, nn.Module):
         guide.to(device)
     params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
-    optimizer = make_optimizer(params, config.lr)
+    optimizer = make_optimizer(params, config.lr, local=local_parameters(guide), local_lr=config.local_lr)
     train = data.train[: config.limit].to(device)
     validation = data.validation.to(device)
     local = is_local(guide)
@@ -264,9 +264,10 @@ def fit(
     logging = _logs(out, config, summary_writer, resumed_at=step if checkpoint is not None else None)
     with _stop_requests() as stop_requested, unvalidated(), logging as logs:
         while epoch < config.epochs:
-            lr = config.lr * lr_factor(config.lr_schedule, epoch, config.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            factor = lr_factor(config.lr_schedule, epoch, config.epochs)
+            lr = config.lr * factor
+            for group, base in zip(optimizer.param_groups, (config.lr, config.local_lr), strict=False):
+                group["lr"] = base * factor
             x_epoch, order = _epoch_data(train, seed=config.seed, epoch=epoch, dynamic=dynamic)
             bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not progress, leave=False, unit="step")  # fmt: skip
@@ -303,9 +304,7 @@ def fit(
             sums["seconds"] += time.perf_counter() - started
             _set_training(model, guide, False)
             if local:  # no q for the validation points: the bound on the training points q was fitted to
-                whole = FixedGuide(cast(Any, guide).distribution())
-                valid = evaluate_bound(latent, whole, x_epoch, objective=config.objective, k=config.k,
-                                       batch_size=x_epoch.shape[0])  # fmt: skip
+                valid = evaluate_bound(latent, guide, x_epoch, objective=config.objective, k=config.k, local=True)
             else:
                 valid = evaluate_bound(latent, guide, validation, objective=config.objective, k=config.k)
             _set_training(model, guide, True)

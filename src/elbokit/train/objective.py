@@ -16,7 +16,7 @@ from torch.distributions import Distribution, Independent, kl_divergence
 
 from elbokit.config import RunConfig
 from elbokit.estimators import elbo, iwae
-from elbokit.models.base import Guide, LatentModel
+from elbokit.models.base import FixedGuide, Guide, LatentModel
 from elbokit.train.schedules import Schedule
 from elbokit.types import Bound
 
@@ -46,19 +46,34 @@ def training_bound(
     return bound._replace(value=bound.reconstruction - beta * bound.kl), loss, beta
 
 
+def is_local(guide: object) -> bool:
+    """Whether ``guide`` holds one q per training point (LocalGaussian, LocalFlow, NonAmortizedGaussian): it has
+    ``select(index)``."""
+    return callable(getattr(guide, "select", None)) and isinstance(getattr(guide, "num_points", None), int)
+
+
 @torch.inference_mode()
 def evaluate_bound(
-    model: LatentModel, guide: Guide, x: Tensor, *, objective: str = "elbo", k: int = 1, batch_size: int = 1000
+    model: LatentModel, guide: Guide, x: Tensor, *, objective: str = "elbo", k: int = 1, batch_size: int = 1000,
+    local: bool = False,
 ) -> dict[str, float]:
-    """Mean ELBO (β = 1, analytic KL), its reconstruction and KL, and IWAE_k for the iwae objective."""
+    """Mean ELBO (β = 1, analytic KL), its reconstruction and KL, and IWAE_k for the iwae objective.
+
+    ``local``: x are the training points of a local guide (:func:`is_local`), in order, and each batch's q is
+    theirs (``guide.select``)."""
     totals = {"bound": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
     for start in range(0, x.shape[0], batch_size):
         batch = x[start : start + batch_size]
-        b = elbo(model, guide, batch)
+        if local:
+            index = torch.arange(start, start + batch.shape[0], device=x.device)
+            guide_batch: Guide = FixedGuide(guide.select(index))  # type: ignore[attr-defined]
+        else:
+            guide_batch = guide
+        b = elbo(model, guide_batch, batch)
         totals["elbo"] += float(b.value.sum())
         totals["reconstruction"] += float(b.reconstruction.sum())
         totals["kl"] += float(b.kl.sum())
-        totals["bound"] += float(iwae(model, guide, batch, k=k).value.sum()) if objective == "iwae" else 0.0
+        totals["bound"] += float(iwae(model, guide_batch, batch, k=k).value.sum()) if objective == "iwae" else 0.0
     n = x.shape[0]
     out = {name: value / n for name, value in totals.items()}
     if objective != "iwae":

@@ -22,7 +22,7 @@ from elbokit.train.checkpoint import (
     load_model_state,
     load_optimizer_state,
 )
-from elbokit.train.step import make_optimizer
+from elbokit.train.step import local_parameters, make_optimizer
 
 METRICS = "metrics.jsonl"
 STEPS = "steps.jsonl"  # with config.log_every: one line per N steps
@@ -112,7 +112,8 @@ def check_resume(out: Path, model: nn.Module, guide: Guide, config: RunConfig) -
     if isinstance(guide, nn.Module) and not _is_part_of(guide, model):
         load_model_state(guide, checkpoint, source=f"{out / CHECKPOINT}", prefix="guide.")
     params = list(dict.fromkeys([*model.parameters(), *(guide.parameters() if isinstance(guide, nn.Module) else [])]))
-    load_optimizer_state(make_optimizer(params, config.lr), checkpoint)
+    optimizer = make_optimizer(params, config.lr, local=local_parameters(guide), local_lr=config.local_lr)
+    load_optimizer_state(optimizer, checkpoint)
     _read_metrics(out, keep=int(checkpoint.state["epoch"]), rewrite=False)
     _read_steps(out, keep=int(checkpoint.state["step"]), rewrite=False)
 
