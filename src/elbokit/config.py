@@ -25,7 +25,7 @@ PROPOSALS = ("encoder", "refined")  # log p(x)'s importance-sampling proposal: q
 GUIDES = "gaussian, full, flow[:K], local or local:full"
 AUTO_LIKELIHOOD = "auto"
 #: The likelihood "auto" picks for each kind of data (a Dataset's ``support``).
-LIKELIHOOD_FOR_SUPPORT = {"binary": "bernoulli", "unit": "bernoulli", "real": "gaussian:learned"}
+LIKELIHOOD_FOR_SUPPORT = {"binary": "bernoulli", "unit": "bernoulli", "real": "gaussian:learned", "count": "nb"}
 DEFAULT_FLOW_TRANSFORMS = 4
 
 
@@ -64,7 +64,8 @@ def parse_guide(text: str) -> GuideSpec:
 @dataclass
 class RunConfig:
     # -- data --
-    data: str = "binarized-mnist"  # dataset name (see `elbokit.data.available()`) or a .npy/.npz/.csv file
+    data: str = "binarized-mnist"  # dataset name (see `elbokit.data.available()`) or a .npy/.npz/.csv/.h5ad/.mtx file
+    layer: str | None = None  # an .h5ad file's layer to read (e.g. "counts") instead of its X
     data_dir: str | None = None  # folder with the dataset's files, where it is not installed
     binarize: str | None = None  # binarized-mnist: "dynamic" (fresh draw each epoch, default) or "fixed"
     limit: int | None = None  # use only the first N training points (quick runs and tests)
@@ -118,7 +119,7 @@ class RunConfig:
         for name in ("data", "activation", "likelihood", "guide", "objective", "gradient", "anneal", "lr_schedule",
                      "device"):  # fmt: skip
             _check_str(name, getattr(self, name))
-        for name in ("data_dir", "binarize"):
+        for name in ("data_dir", "binarize", "layer"):
             if getattr(self, name) is not None:
                 _check_str(name, getattr(self, name))
         for name in ("latent_dim", "k", "epochs", "batch_size"):

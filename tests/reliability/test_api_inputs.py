@@ -580,7 +580,7 @@ BAD_CONFIGS = [
     ("extra-list", {"extra": [1]}, r"extra must be a table"),
     ("extra-nan", {"extra": {"note": math.nan}}, r"extra must hold JSON values only"),
     ("anneal-typo", {"anneal": "bogus:3"}, r"unknown anneal spec 'bogus:3'"),
-    ("likelihood-unknown", {"likelihood": "poisson"}, r"unknown likelihood 'poisson'"),
+    ("likelihood-unknown", {"likelihood": "gamma"}, r"unknown likelihood 'gamma'"),
     ("iwae-beta", {"objective": "iwae", "k": 5, "beta": 0.5}, r"β and annealing apply to the elbo objective"),
     ("clip-zero", {"clip": 0}, r"clip must be a finite number > 0"),
     ("local-lr-text", {"local_lr": "0.1"}, r"local_lr must be a number, got '0\.1'"),

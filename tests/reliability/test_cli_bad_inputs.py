@@ -171,7 +171,15 @@ CASES = [
     Case("limit-zero", [*OVER, "--limit", "0"], "expected an integer >= 1"),
     Case("seed-negative", [*OVER, "--seed", "-1"], "seed must be an integer >= 0"),  # was: accepted
     Case("seed-huge", [*OVER, "--seed", str(2**70)], "seed must be an integer in 0..2**32"),  # was: exit 1
-    Case("likelihood-unknown", [*OVER, "--likelihood", "poisson"], "unknown likelihood"),
+    Case("likelihood-unknown", [*OVER, "--likelihood", "gamma"], "unknown likelihood"),
+    Case("likelihood-nb-dispersion", [*OVER, "--likelihood", "nb:wide"], "dispersion must be gene, cell or a number"),
+    Case("counts-negative", [*NEW[:2], "{TMP}/neg.npy", *NEW[3:], "--likelihood", "nb"], "needs counts >= 0",
+         _npy("neg.npy", np.tile(np.array([[3.0, -1.0, 2.0, 5.0]], dtype=np.float32), (30, 1))), fresh_out=True),
+    Case("counts-fractional", [*NEW[:2], "{TMP}/frac.npy", *NEW[3:], "--likelihood", "zinb"], "needs integer counts",
+         _npy("frac.npy", np.tile(np.array([[3.0, 1.5, 2.0, 5.0]], dtype=np.float32), (30, 1))), fresh_out=True),
+    Case("counts-empty-cell", [*NEW[:2], "{TMP}/empty.npy", *NEW[3:], "--likelihood", "poisson"],
+         "have no counts at all", _npy("empty.npy", np.vstack([np.full((29, 4), 2.0), np.zeros((1, 4))])
+                                       .astype(np.float32)), fresh_out=True),
     Case("likelihood-scale", [*OVER, "--likelihood", "gaussian:abc"], "SCALE must be"),
     Case("guide-unknown", [*OVER, "--guide", "planar"], "guide must be"),
     Case("guide-flow-zero", [*OVER, "--guide", "flow:0"], "flow:K needs an integer K >= 1"),

@@ -147,6 +147,62 @@ def _load_mnist(path: Path) -> object:
     return load("mnist", data_dir=path if path.is_dir() else path.parent)
 
 
+# ---- count files: .h5ad, .mtx and pbmc's R data -------------------------------------------------------------
+MTX_HEAD = b"%%MatrixMarket matrix coordinate integer general\n"
+
+
+def h5ad(x: np.ndarray, *, truncate: bool = False, **layers: np.ndarray) -> Callable[[Path], Path]:
+    """A writer: an AnnData file of ``x`` (cells, genes) into ``tmp_path / "x.h5ad"`` (cut in half if ``truncate``)."""
+
+    def write(tmp_path: Path) -> Path:
+        anndata = pytest.importorskip("anndata")
+        path = tmp_path / "x.h5ad"
+        anndata.AnnData(X=x, layers=layers or None).write_h5ad(path)
+        if truncate:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return path
+
+    return write
+
+
+def mtx_with(names: dict[str, list[str]]) -> Callable[[Path], Path]:
+    """A writer: a 4 genes x 10 cells matrix.mtx with the given features / barcodes files beside it."""
+
+    def write(tmp_path: Path) -> Path:
+        body = "".join(f"{g + 1} {c + 1} {g + c + 2}\n" for g in range(4) for c in range(10))
+        (tmp_path / "matrix.mtx").write_bytes(MTX_HEAD + f"4 10 40\n{body}".encode())
+        for name, lines in names.items():
+            (tmp_path / name).write_text("".join(f"{line}\n" for line in lines))
+        return tmp_path / "matrix.mtx"
+
+    return write
+
+
+def _pbmc_files(rdx: bytes | None, rdb: bytes) -> Callable[[Path], Path]:
+    """A writer: Rdata.rdb (and Rdata.rdx, the real one where ``rdx`` is None) into ``tmp_path``."""
+
+    def write(tmp_path: Path) -> Path:
+        if rdx is None:
+            from elbokit.data import pbmc_folders
+
+            real = next((f / "Rdata.rdx" for f in pbmc_folders() if (f / "Rdata.rdx").is_file()), None)
+            if real is None:
+                pytest.skip("pbmc: r-cran-sctransform is not unpacked (run `make pbmc`, which needs apt-get)")
+            pytest.importorskip("rdata")
+            (tmp_path / "Rdata.rdx").write_bytes(real.read_bytes())
+        else:
+            (tmp_path / "Rdata.rdx").write_bytes(rdx)
+        (tmp_path / "Rdata.rdb").write_bytes(rdb)
+        return tmp_path
+
+    return write
+
+
+def _load_pbmc(path: Path) -> object:
+    return load("pbmc", data_dir=path)
+
+
+COUNTS = np.arange(15, dtype=np.float32).reshape(5, 3)
 HUGE_DIMS = struct.pack(">4I", *[2**32 - 1] * 4)  # 2^128 bytes
 THREE = ("train", "validation", "test")
 
@@ -402,6 +458,76 @@ CASES = [
         r"cannot expand ~ in ~elbokit-no-such-user/mnist",
         lambda path: load("mnist", data_dir=path),
     ),  # was: RuntimeError: Could not determine home directory.
+    # ---- count matrices: .h5ad
+    Case("h5ad-not-hdf5", file("x.h5ad", b"not an HDF5 file\n" * 8), r"not a readable \.h5ad file: .*signature"),
+    Case("h5ad-truncated", h5ad(COUNTS, truncate=True), r"not a readable \.h5ad file: .*truncated file"),
+    Case(
+        "h5ad-missing-layer",
+        h5ad(COUNTS, counts=COUNTS, spliced=COUNTS),
+        r"x\.h5ad: no layer 'raw'; its layers: counts, spliced$",
+        lambda path: load(str(path), layer="raw"),
+    ),
+    Case(
+        "h5ad-nan",
+        h5ad(np.where(COUNTS == 7, np.nan, COUNTS)),
+        r"x\.h5ad\[X\]: 1 NaN or inf values, the first in row 2",
+    ),
+    Case("h5ad-all-zero", h5ad(np.zeros((5, 3), np.float32)), r"\[X\]: every value of the \(5, 3\) matrix is 0"),
+    Case("h5ad-no-genes", h5ad(np.zeros((5, 0), np.float32)), r"\[X\]: empty matrix of shape \(5, 0\)"),
+    Case("h5ad-two-cells", h5ad(COUNTS[:2]), r"need at least 3 cells \(rows\) .* got 2"),
+    # ---- count matrices: .mtx
+    Case(
+        "mtx-wrong-header",
+        file("x.mtx", b"%MatrixMarket matrix coordinate integer general\n1 1 1\n1 1 2\n"),
+        r"not a Matrix Market file: the first line must start with '%%MatrixMarket', got '%MatrixMarket matrix",
+    ),
+    Case(
+        "mtx-bad-header-field",
+        file("x.mtx", b"%%MatrixMarket matrix coordinate counts general\n1 1 1\n1 1 2\n"),
+        r"malformed Matrix Market file: .*header",
+    ),
+    Case("mtx-truncated", file("x.mtx", MTX_HEAD + b"3 4 5\n1 1 2\n"), r"malformed Matrix Market file: Truncated"),
+    Case("mtx-non-numeric", file("x.mtx", MTX_HEAD + b"3 4 1\n1 1 x\n"), r"malformed .*Invalid integer value"),
+    Case("mtx-out-of-bounds", file("x.mtx", MTX_HEAD + b"3 4 1\n9 1 2\n"), r"malformed .*out of bounds"),
+    Case(
+        "mtx-complex",
+        file("x.mtx", b"%%MatrixMarket matrix coordinate complex general\n1 1 1\n1 1 2 3\n"),
+        r"expected numeric values, got dtype complex128",
+    ),
+    Case("mtx-all-zero", file("x.mtx", MTX_HEAD + b"4 10 0\n"), r"every value of the \(10, 4\) matrix is 0"),
+    Case("mtx-empty", file("x.mtx", MTX_HEAD + b"0 0 0\n"), r"empty matrix of shape \(0, 0\)"),
+    Case("mtx-two-cells", file("x.mtx", MTX_HEAD + b"4 2 1\n1 1 2\n"), r"need at least 3 cells .* got 2"),
+    Case("mtx-gz-corrupt", file("matrix.mtx.gz", b"\x1f\x8b\x08\x00garbage"), r"cannot read .*matrix\.mtx\.gz: "),
+    Case(
+        "mtx-features-too-short",
+        mtx_with({"features.tsv": ["a\tA", "b\tB", "c\tC"]}),
+        r"features\.tsv: 3 lines for the 4 rows \(genes\) of .*matrix\.mtx",
+    ),
+    Case(
+        "mtx-barcodes-too-long",
+        mtx_with({"genes.tsv": ["A", "B", "C", "D"], "barcodes.tsv": [f"c{i}" for i in range(11)]}),
+        r"barcodes\.tsv: 11 lines for the 10 columns \(cells\) of .*matrix\.mtx",
+    ),
+    # ---- pbmc's R lazy-load database
+    Case(
+        "pbmc-missing",
+        lambda tmp_path: tmp_path,
+        r"Rdata\.rdb and Rdata\.rdx not found in data_dir .*make pbmc",
+        _load_pbmc,
+    ),
+    Case(
+        "pbmc-corrupt-index",
+        _pbmc_files(b"not an rds file", b""),
+        r"Rdata\.rdx: not a readable R lazy-load index",
+        _load_pbmc,
+    ),
+    Case("pbmc-truncated-database", _pbmc_files(None, bytes(100)), r"Rdata\.rdb: truncated: object 'pbmc'", _load_pbmc),
+    Case(
+        "pbmc-corrupt-record",
+        _pbmc_files(None, bytes(4) + b"not zlib" * 20_000),
+        r"Rdata\.rdb: object 'pbmc': corrupt compressed record",
+        _load_pbmc,
+    ),
 ]
 
 

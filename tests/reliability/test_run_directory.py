@@ -204,7 +204,7 @@ def test_overwrite_with_a_bad_flag_keeps_the_run(trained: Path, capsys: pytest.C
     before = _tree(trained)
     data = json.loads((trained / "config.json").read_text())["data"]
     for bad in (["--anneal", "bogus:3"], ["--objective", "iwae", "--k", "5", "--beta", "0.5"],
-                ["--likelihood", "poisson"], ["--hidden", "8,0"]):  # fmt: skip
+                ["--likelihood", "gamma"], ["--hidden", "8,0"]):  # fmt: skip
         status, err = _run(["fit", "--data", data, "--out", str(trained), *ARGS, "--overwrite", *bad], capsys)
         assert status == 2 and err.startswith("elbokit: error: ") and len(err.strip().splitlines()) == 1, err
         assert _tree(trained) == before, bad

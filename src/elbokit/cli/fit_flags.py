@@ -11,15 +11,17 @@ from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
 
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 FIELDS = {
-    "data", "data_dir", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood", "objective", "k",
-    "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "local_lr", "lr_schedule", "clip", "patience",
-    "seed", "device", "quiet", "guide", "log_every", "tensorboard",
+    "data", "data_dir", "layer", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood",
+    "objective", "k", "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "local_lr", "lr_schedule", "clip",
+    "patience", "seed", "device", "quiet", "guide", "log_every", "tensorboard",
 }  # fmt: skip
 
 
 def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
-    a("--data", help="dataset name or a .npy/.npz/.csv file (default binarized-mnist)")
+    a("--data", help="dataset name (binarized-mnist, mnist, fashion-mnist, digits, synthetic, pbmc) or a "
+      ".npy/.npz/.csv/.h5ad/.mtx file (default binarized-mnist)")  # fmt: skip
+    a("--layer", help="an .h5ad file's layer to read (e.g. counts) instead of X")
     a("--out", required=True, type=Path, help="run directory to write")
     a("--config", type=Path, help="TOML file of RunConfig settings (flags win)")
     a("--data-dir", help="folder holding the dataset's files (e.g. the four MNIST idx files)")

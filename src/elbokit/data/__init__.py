@@ -1,8 +1,9 @@
-"""Datasets by name: MNIST and friends, scikit-learn's digits, synthetic linear-Gaussian data, user files.
+"""Datasets by name: MNIST and friends, scikit-learn's digits, synthetic linear-Gaussian data, the ``pbmc`` count
+matrix, user files (``.npy``, ``.npz``, ``.csv``, and count matrices ``.h5ad`` and ``.mtx``).
 
 >>> from elbokit.data import load, available
 >>> available()
-['mnist', 'binarized-mnist', 'fashion-mnist', 'digits', 'synthetic']
+['mnist', 'binarized-mnist', 'fashion-mnist', 'digits', 'synthetic', 'pbmc']
 >>> ds = load("digits", seed=0)
 >>> ds.train.shape, ds.image_shape, ds.support
 (torch.Size([1437, 64]), (8, 8), 'unit')
@@ -20,11 +21,25 @@ from elbokit.data.registry import available, load, register
 # After idx: datasets are listed in registration order, the MNIST family first.
 from elbokit.data.small import synthetic_model
 
+# After small: pbmc is listed last.
+from elbokit.data.counts import (  # isort: skip
+    PBMC_SHAPE,
+    CountMatrix,
+    load_h5ad,
+    load_mtx,
+    pbmc_folders,
+    read_h5ad,
+    read_mtx,
+    read_rdb,
+)
+
 __all__ = [
     "BINARIZE_EVAL_SEED",
     "FASHION_MNIST_DIR",
     "MNIST_FILES",
     "MNIST_MIRROR",
+    "PBMC_SHAPE",
+    "CountMatrix",
     "DataError",
     "Dataset",
     "available",
@@ -32,7 +47,13 @@ __all__ = [
     "download",
     "load",
     "load_file",
+    "load_h5ad",
+    "load_mtx",
+    "pbmc_folders",
+    "read_h5ad",
     "read_idx",
+    "read_mtx",
+    "read_rdb",
     "register",
     "synthetic_model",
 ]

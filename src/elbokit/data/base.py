@@ -5,7 +5,7 @@ Every dataset is three splits of flat float32 vectors, ``(N, D)``, with optional
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from torch import Tensor
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 BINARIZE: tuple[str, ...] = ("none", "dynamic", "fixed")
-SUPPORTS: tuple[str, ...] = ("binary", "unit", "real")
+SUPPORTS: tuple[str, ...] = ("binary", "unit", "count", "real")
 _LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
 
 
@@ -53,9 +53,11 @@ class Dataset:
             x ~ Bernoulli(train) afresh each epoch (validation and test are already binary); ``"fixed"``: every
             split is already one binary draw.
         support: the values a data point takes, and so the likelihoods that fit: ``"binary"`` ({0, 1}),
-            ``"unit"`` ([0, 1]) or ``"real"``. For ``binarize="dynamic"`` it describes the data the model sees,
-            i.e. train after binarization.
+            ``"unit"`` ([0, 1]), ``"count"`` (non-negative integers, e.g. UMI counts) or ``"real"``. For
+            ``binarize="dynamic"`` it describes the data the model sees, i.e. train after binarization.
         source: where the data came from (a file or folder path, a package), for the run's record.
+        feature_names: D names of the coordinates (genes of a count matrix), or ``None``.
+        point_names: split -> the names of its points in order (cell barcodes), or ``None``.
     """
 
     name: str
@@ -69,6 +71,8 @@ class Dataset:
     binarize: str
     support: str
     source: str
+    feature_names: tuple[str, ...] | None = None
+    point_names: dict[str, tuple[str, ...]] | None = field(default=None, hash=False)  # a dict is unhashable
 
     def __post_init__(self) -> None:
         if self.binarize not in BINARIZE:
@@ -89,6 +93,12 @@ class Dataset:
                 )
         if self.image_shape is not None and self.image_shape[0] * self.image_shape[1] != dim:
             raise DataError(f"{self.name}: image_shape {self.image_shape} does not match data_dim {dim}")
+        if self.feature_names is not None and len(self.feature_names) != dim:
+            raise DataError(f"{self.name}: {len(self.feature_names)} feature names for data_dim {dim}")
+        if self.point_names is not None:
+            sizes = {split: len(self.point_names.get(split, ())) for split in SPLITS}
+            if any(sizes[split] != self.split(split).shape[0] for split in SPLITS):
+                raise DataError(f"{self.name}: point names per split {sizes} do not match the split sizes")
 
     @property
     def data_dim(self) -> int:
@@ -113,7 +123,9 @@ class Dataset:
         """A JSON-able summary for the run's record.
 
         Keys: ``name``, ``sizes`` (split -> N), ``data_dim``, ``image_shape`` (list or ``None``), ``binarize``,
-        ``support``, ``train_values`` (what ``train`` holds), ``labels`` (bool) and ``source``.
+        ``support``, ``train_values`` (what ``train`` holds), ``labels`` (bool) and ``source``; where the
+        dataset names its features, also ``feature_names`` (``{"count": D, "first": [up to 5 names]}``), and
+        ``point_names`` (``True``) where it names its points.
         """
         if self.binarize == "dynamic":
             train_values = "probabilities in [0, 1]; binarized x ~ Bernoulli(train) afresh each epoch"
@@ -121,7 +133,7 @@ class Dataset:
             train_values = "one fixed binary draw"
         else:
             train_values = self.support
-        return {
+        described: dict[str, object] = {
             "name": self.name,
             "sizes": {split: int(self.split(split).shape[0]) for split in SPLITS},
             "data_dim": self.data_dim,
@@ -132,14 +144,27 @@ class Dataset:
             "labels": self.train_labels is not None,
             "source": self.source,
         }
+        if self.feature_names is not None:
+            described["feature_names"] = {"count": len(self.feature_names), "first": list(self.feature_names[:5])}
+        if self.point_names is not None:
+            described["point_names"] = True
+        return described
 
 
 def infer_support(*arrays: Tensor) -> str:
-    """``"binary"`` when every value is 0 or 1, ``"unit"`` when all lie in [0, 1], else ``"real"``."""
+    """The narrowest support holding every value, checked in this order: ``"binary"`` when every value is 0 or 1,
+    ``"unit"`` when all lie in [0, 1], ``"count"`` when all are non-negative integers (some then > 1), else
+    ``"real"``.
+
+    So grey values in [0, 1] (digits / 16, MNIST / 255) stay ``"unit"`` and an integer array with values above 1
+    (UMI counts) is ``"count"``.
+    """
     if all(bool(((x == 0) | (x == 1)).all()) for x in arrays):
         return "binary"
     if all(bool(((x >= 0) & (x <= 1)).all()) for x in arrays):
         return "unit"
+    if all(bool(((x >= 0) & (x == torch.round(x))).all()) for x in arrays):
+        return "count"
     return "real"
 
 

@@ -1,4 +1,5 @@
-"""User data from ``.npy``, ``.npz`` and ``.csv`` files.
+"""User data from ``.npy``, ``.npz`` and ``.csv`` files (and count matrices: ``.h5ad``, ``.mtx``, see
+:mod:`elbokit.data.counts`).
 
 * ``.npy``: a 2-D (N, D) array, or 3-D (N, H, W) images flattened to D = H * W (``image_shape = (H, W)``).
 * ``.npz``: keys ``train``, ``validation``, ``test`` (optionally ``train_labels``, ...) used as given; or one
@@ -26,6 +27,7 @@ from elbokit.data._csv import read_csv
 from elbokit.data.base import DataError, Dataset, as_float32, as_labels, check_finite, infer_support, permutation_split
 
 SPLIT_KEYS: tuple[str, ...] = ("train", "validation", "test")
+_SUFFIXES = (".npy", ".npz", ".csv", ".h5ad", ".mtx")  # and .mtx.gz
 _MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}  # an .npz file is a zip archive
 _DEFLATE_MAX_RATIO = 1032  # deflate codes at most 258 bytes in 2 bits: n compressed bytes expand to < 1032 n
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError)
@@ -37,23 +39,29 @@ _NPY_HEADER_READERS = {  # format 3.0 differs from 2.0 only in a UTF-8 header (f
 }
 
 
-def load_file(path: str | Path, *, seed: int = 0) -> Dataset:
-    """Load a ``.npy`` / ``.npz`` / ``.csv`` file as a Dataset (see the module docstring for the layouts).
+def load_file(path: str | Path, *, seed: int = 0, layer: str | None = None) -> Dataset:
+    """Load a ``.npy`` / ``.npz`` / ``.csv`` file as a Dataset (see the module docstring for the layouts), or a
+    count matrix: ``.h5ad`` (``layer``: a layer instead of ``X``) or ``.mtx`` / ``.mtx.gz``.
 
     Raises:
         DataError: a missing, empty, unreadable, truncated or corrupt file (a header claiming more data than the
             file holds is refused before any is read), non-numeric values, a wrong number of dimensions, NaN or
-            inf values, pickled objects, or npz splits of different D; the one-line message names the file.
+            inf values, pickled objects, or npz splits of different D; ``layer`` for a file other than ``.h5ad``;
+            the one-line message names the file.
     """
     path = Path(path)
+    suffix = ".mtx" if path.name.lower().endswith(".mtx.gz") else path.suffix.lower()
+    if layer is not None and suffix != ".h5ad":
+        raise DataError(f"layer applies to .h5ad files only, got layer={layer!r} for {path}")
     try:
         if not path.exists():
             raise DataError(f"file not found: {path}")
         if not path.is_file():
             raise DataError(f"not a file: {path}")
-        suffix = path.suffix.lower()
-        if suffix not in (".npy", ".npz", ".csv"):
-            raise DataError(f"unsupported file type {path.suffix or '(none)'!r}: {path}; expected .npy, .npz or .csv")
+        if suffix not in _SUFFIXES:
+            raise DataError(
+                f"unsupported file type {path.suffix or '(none)'!r}: {path}; expected {', '.join(_SUFFIXES)}"
+            )
         if path.stat().st_size == 0:
             raise DataError(f"empty file: {path}")
         with open(path, "rb") as f:
@@ -62,6 +70,10 @@ def load_file(path: str | Path, *, seed: int = 0) -> Dataset:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from err
     if suffix in _MAGIC and not magic.startswith(_MAGIC[suffix]):
         raise DataError(f"not a {suffix} file (it does not start with {_MAGIC[suffix]!r}): {path}")
+    if suffix in (".h5ad", ".mtx"):
+        from elbokit.data.counts import load_h5ad, load_mtx  # counts registers pbmc, so it imports the registry
+
+        return load_h5ad(path, seed=seed, layer=layer) if suffix == ".h5ad" else load_mtx(path, seed=seed)
     if suffix == ".npz":
         return _load_npz(path, seed=seed)
     if suffix == ".npy":

@@ -22,7 +22,7 @@ from elbokit.data.files import load_file
 Loader = Callable[..., Dataset]
 L = TypeVar("L", bound=Loader)
 
-FILE_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv")
+FILE_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".csv", ".h5ad", ".mtx")
 
 _REGISTRY: dict[str, Loader] = {}
 
@@ -59,8 +59,9 @@ def load(
     binarize: str | None = None,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    layer: str | None = None,
 ) -> Dataset:
-    """Load a registered dataset by name, or a ``.npy`` / ``.npz`` / ``.csv`` file.
+    """Load a registered dataset by name, or a ``.npy`` / ``.npz`` / ``.csv`` / ``.h5ad`` / ``.mtx`` file.
 
     Args:
         name_or_path: a name from :func:`available`, or a file path.
@@ -69,6 +70,7 @@ def load(
         seed: seeds every random choice of the loader (a split's permutation, a fixed binarization, synthetic
             data). Validation and test of ``binarized-mnist`` do not depend on it.
         cache_dir: the download cache (default ``$ELBOKIT_DATA`` or ``~/.cache/elbokit``).
+        layer: for an ``.h5ad`` file, the AnnData layer to read instead of ``X``.
 
     Returns:
         The :class:`Dataset`.
@@ -84,10 +86,12 @@ def load(
             if binarize is not None or data_dir is not None:
                 option = "binarize" if binarize is not None else "data_dir"
                 raise DataError(f"{option} does not apply to a file ({name}); it applies to named datasets only")
-            return load_file(path, seed=seed)
+            return load_file(path, seed=seed, layer=layer)
         raise DataError(
             f"unknown dataset {name!r}: expected one of {', '.join(_REGISTRY)} or a {'/'.join(FILE_SUFFIXES)} file"
         )
+    if layer is not None:
+        raise DataError(f"layer applies to .h5ad files only; dataset {name!r} takes no layer (got {layer!r})")
     params = inspect.signature(loader).parameters
     options: dict[str, object] = {}
     for option, value in (("data_dir", data_dir), ("binarize", binarize)):

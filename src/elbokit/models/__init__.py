@@ -1,6 +1,12 @@
 """Latent-variable models: the protocols, the exact linear-Gaussian reference, VAEs and their likelihoods."""
 
 from elbokit.models.base import FixedGuide, Guide, LatentModel
+from elbokit.models.counts import (
+    CountLikelihood,
+    NegativeBinomialMean,
+    ZeroInflatedNegativeBinomial,
+    nb_log_prob,
+)
 from elbokit.models.likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -19,6 +25,7 @@ __all__ = [
     "VAE",
     "Bernoulli",
     "ContinuousBernoulli",
+    "CountLikelihood",
     "FixedGuide",
     "Gaussian",
     "Guide",
@@ -27,6 +34,9 @@ __all__ = [
     "Likelihood",
     "LinearGaussian",
     "LinearGaussianSample",
+    "NegativeBinomialMean",
+    "ZeroInflatedNegativeBinomial",
     "make_likelihood",
     "mlp",
+    "nb_log_prob",
 ]

@@ -31,7 +31,7 @@ from torch.distributions import ContinuousBernoulli as _TorchContinuousBernoulli
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import Laplace as _TorchLaplace
 
-LIKELIHOODS: tuple[str, ...] = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace")
+LIKELIHOODS: tuple[str, ...] = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace", "poisson", "nb", "zinb")
 """The likelihood names a spec can start with."""
 
 _SCALED = ("gaussian", "laplace")
@@ -308,16 +308,22 @@ def make_likelihood(spec: str, data_dim: int | None = None) -> Likelihood:
 
     NAME is one of :data:`LIKELIHOODS`; SCALE (Gaussian and Laplace only) is a number, ``learned`` or
     ``decoder`` (default 1.0); MIN_SCALE is the floor of a learned or decoder scale. Examples: ``"bernoulli"``,
-    ``"gaussian:0.1"``, ``"gaussian:learned"``, ``"laplace:decoder:1e-4"``.
+    ``"gaussian:0.1"``, ``"gaussian:learned"``, ``"laplace:decoder:1e-4"``. Counts
+    (:mod:`elbokit.models.counts`): ``"poisson"``, ``"nb[:gene|cell|THETA]"``, ``"zinb[:gene|cell|THETA]"``.
 
     Args:
         spec: the spec string.
         data_dim: D; needed for a learned scale.
     """
-    valid = "bernoulli, continuous-bernoulli, gaussian[:SCALE|:learned|:decoder], laplace[:SCALE|:learned|:decoder]"
+    valid = ("bernoulli, continuous-bernoulli, gaussian[:SCALE|:learned|:decoder], laplace[:SCALE|:learned|:decoder], "
+             "poisson, nb[:gene|:cell|:THETA], zinb[:gene|:cell|:THETA]")
     if not isinstance(spec, str):
         raise ValueError(f"a likelihood spec must be a string, got {type(spec).__name__}")
     name, *options = spec.strip().lower().split(":")
+    if name in ("poisson", "nb", "zinb"):
+        from elbokit.models.counts import make_count_likelihood  # counts imports this module
+
+        return make_count_likelihood(name, options, data_dim)
     if name not in LIKELIHOODS or len(options) > (2 if name in _SCALED else 0):
         raise ValueError(f"unknown likelihood {spec!r}; valid: {valid}")
     if name == "bernoulli":

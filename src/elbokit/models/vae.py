@@ -122,6 +122,9 @@ class VAE(nn.Module):
             raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
         observation = make_likelihood(likelihood, data_dim) if isinstance(likelihood, str) else likelihood
         hidden = tuple(hidden)
+        # counts with a latent library: z gains a last coordinate, log ℓ, that the decoder passes through
+        library = 1 if getattr(observation, "latent_library", False) else 0
+        decoded_dim, latent_dim = latent_dim, latent_dim + library
         encoder: nn.Module
         if guide == "local":
             assert num_points is not None
@@ -135,7 +138,18 @@ class VAE(nn.Module):
             encoder = AmortizedGaussian.mlp(
                 data_dim, latent_dim, hidden=hidden, covariance=covariance, activation=activation, min_scale=min_scale
             )
-        decoder = mlp((latent_dim, *reversed(hidden), observation.output_size(data_dim)), activation=activation)
+        if getattr(observation, "encoder_input", None) == "log1p" and isinstance(encoder, nn.Module):
+            from elbokit.models.counts import Log1pFlatten
+
+            net = getattr(encoder, "encoder", None)  # an MLP guide's network starts with its Flatten
+            if isinstance(net, nn.Sequential) and isinstance(net[0], nn.Flatten):
+                net[0] = Log1pFlatten()  # counts: the encoder sees log(1 + x), as scVI's
+        decoder: nn.Module = mlp((decoded_dim, *reversed(hidden), observation.output_size(data_dim) - library),
+                                 activation=activation)  # fmt: skip
+        if library:
+            from elbokit.models.counts import LibraryDecoder
+
+            decoder = LibraryDecoder(decoder)
         return cls(encoder, decoder, observation, latent_dim=latent_dim, data_dim=data_dim)
 
     # ---- the model: LatentModel protocol ---------------------------------------------------------------------
@@ -149,9 +163,19 @@ class VAE(nn.Module):
         loc = self._prior_loc
         check_batch(x, event_shape=self.event_shape, dtype=loc.dtype, device=loc.device)
 
+    def _prior_parameters(self) -> tuple[Tensor, Tensor]:
+        loc, scale = self._prior_loc, self._prior_scale
+        library = getattr(self.observation, "log_library_prior", None)
+        if getattr(self.observation, "latent_library", False) and isinstance(library, Tensor):
+            # counts with a latent library: z's last coordinate is log ℓ ~ N(m, s²) of the training cells
+            loc = torch.cat([loc[:-1], library[:1].to(loc)])
+            scale = torch.cat([scale[:-1], library[1:].to(scale)])
+        return loc, scale
+
     def prior(self) -> Distribution:
-        """p(z) = N(0, I_d): batch (), event (d,), on the module's device and dtype."""
-        return Independent(Normal(self._prior_loc, self._prior_scale), 1)
+        """p(z) = N(0, I_d): batch (), event (d,), on the module's device and dtype (for a count likelihood with a
+        latent library, the last coordinate is log ℓ with the likelihood's log-normal library prior)."""
+        return Independent(Normal(*self._prior_parameters()), 1)
 
     def likelihood(self, z: Tensor) -> Distribution:
         """p(x|z) = observation(decoder(z)): z (..., d) -> batch (...), event (D,)."""
@@ -176,7 +200,8 @@ class VAE(nn.Module):
         Raises:
             TypeError: if the decoder's last module is not an ``nn.Linear`` with a bias.
         """
-        last = self.decoder[-1] if isinstance(self.decoder, nn.Sequential) else self.decoder
+        net = getattr(self.decoder, "net", self.decoder)  # a LibraryDecoder's network (latent library)
+        last = net[-1] if isinstance(net, nn.Sequential) else net
         if not isinstance(last, nn.Linear) or last.bias is None:
             raise TypeError(
                 f"init_output_bias needs a decoder ending in nn.Linear with a bias, got {type(last).__name__}"
@@ -187,13 +212,17 @@ class VAE(nn.Module):
         data_mean = data_mean.reshape(-1)
         check_values(data_mean, "data_mean")
         d = data_mean.shape[0]
-        if self.observation.output_size(d) != last.out_features:
+        passed = int(getattr(self.observation, "latent_library", False))  # log ℓ, passed by the decoder
+        if self.observation.output_size(d) - passed != last.out_features:
             raise ValueError(
                 f"data_mean has {d} entries; the decoder outputs {last.out_features}, "
                 f"not {self.observation.output_size(d)} as the {self.observation.name} likelihood needs for D = {d}"
             )
         target = data_mean.to(dtype=last.bias.dtype, device=last.bias.device)
         last.bias[:d] = self.observation.inverse_mean(target)
+        set_library = getattr(self.observation, "set_library", None)
+        if callable(set_library):  # counts: generation's library, the mean total until a better one is set
+            set_library(float(target.sum()))
 
     # ---- utilities -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -212,8 +241,8 @@ class VAE(nn.Module):
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        loc = self._prior_loc
-        z = torch.randn(n, self.latent_dim, generator=generator, device=loc.device, dtype=loc.dtype)  # (n, d)
+        loc, scale = self._prior_parameters()
+        z = loc + scale * torch.randn(n, self.latent_dim, generator=generator, device=loc.device, dtype=loc.dtype)
         return self._decode_or_draw(z, mean)
 
     @torch.no_grad()
@@ -234,7 +263,11 @@ class VAE(nn.Module):
     def reconstruct(self, x: Tensor, *, mean: bool = True) -> Tensor:
         """Decode the encoding of x (:meth:`encode`, E_q z for a Gaussian guide): E[x | z] (``mean=True``) or a
         draw from p(x | z): (B, D)."""
-        return self._decode_or_draw(self.encode(x), mean)  # z: (B, d)
+        z = self.encode(x)  # (B, d)
+        reconstruction = getattr(self.observation, "reconstruction", None)
+        if callable(reconstruction):  # counts: at the cell's own library
+            return reconstruction(self.decoder(z), x, mean=mean)
+        return self._decode_or_draw(z, mean)
 
     @torch.no_grad()
     def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:

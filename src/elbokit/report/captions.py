@@ -17,6 +17,10 @@ CAPTIONS: dict[str, tuple[str, str]] = {
                                 "variance over the points, each point's value (across) against its reconstruction "
                                 "mean E[x_j | z = E_q z] (up): points on the diagonal are reconstructed; a flat "
                                 "cloud (R² near 0) is a feature the latent code does not carry."),
+    "mean-variance": ("Mean and variance of each gene", "For count data: each gene's mean and variance over the "
+                      "cells in the data and in the posterior predictive (per cell, z ~ q(z|x), then x ~ p(x|z) at "
+                      "the cell's own library), with the Poisson line var = mean. Overdispersion the model lacks "
+                      "shows as genes whose predictive variance falls below the data's."),
     "posterior-predictive": ("Posterior-predictive check", "The data against {draws} draws x ~ p(x) from the model "
                              "(z ~ p(z), then x ~ p(x|z)): above, each feature's mean and standard deviation "
                              "(on the diagonal when the model matches the data); below, the marginals of the {m} "

@@ -189,6 +189,11 @@ def build_sections(d: Diagnosis, *, model: Any, x: Tensor, labels: Tensor | None
                 draws = model.sample(DRAWS, generator=gen, mean=False).reshape(DRAWS, -1).cpu().double()
         add("posterior-predictive", (lambda: plots.feature_marginals(flat, draws, features=features))
             if draws is not None else None, _missing("sample"), m=m, draws=DRAWS)  # fmt: skip
+        if getattr(getattr(model, "observation", None), "support", None) == "count" and recon is not None:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+                torch.manual_seed(seed)
+                predictive = model.reconstruct(xs, mean=False).reshape(n, -1).cpu().double()
+            add("mean-variance", lambda: plots.gene_mean_variance(flat, predictive))
 
     if latent_dim >= 2:
         dims = (0, 1) if latent_dim == 2 else _top_two(d.kl_per_dim)

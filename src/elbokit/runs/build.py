@@ -11,7 +11,7 @@ from torch import nn
 
 from elbokit.config import AUTO_LIKELIHOOD, LIKELIHOOD_FOR_SUPPORT, RunConfig, parse_guide
 from elbokit.data import Dataset, load
-from elbokit.models import VAE
+from elbokit.models import VAE, CountLikelihood
 from elbokit.train.loop import resolve_device
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 def load_data(config: RunConfig) -> Dataset:
-    return load(config.data, data_dir=config.data_dir, binarize=config.binarize, seed=config.seed)
+    return load(config.data, data_dir=config.data_dir, binarize=config.binarize, seed=config.seed, layer=config.layer)
 
 
 def resolve_likelihood(config: RunConfig, data: Dataset) -> RunConfig:
@@ -74,7 +74,11 @@ def new_model(config: RunConfig, data: Dataset) -> VAE:
     torch.manual_seed(config.seed)
     model = build_model(config, data.data_dim, num_points)
     check_data(model, data)
-    model.init_output_bias(data.train[: config.limit].mean(0))
+    train = data.train[: config.limit]
+    model.init_output_bias(train.mean(0))
+    if isinstance(model.observation, CountLikelihood):  # generation's library: the median training cell's total
+        model.observation.set_library(float(train.sum(1).median()))
+        model.observation.set_library_prior(torch.log(train.sum(1).double()))  # used by a latent library
     return model
 
 

@@ -20,6 +20,7 @@ from elbokit.report.plots.bounds import (
     mode_seeking,
     rate_distortion,
 )
+from elbokit.report.plots.counts import gene_mean_variance
 from elbokit.report.plots.latent import (
     latent_manifold,
     latent_scatter,
@@ -41,6 +42,7 @@ __all__ = [
     "feature_marginals",
     "feature_reconstructions",
     "gap_waterfall",
+    "gene_mean_variance",
     "iwae_curve",
     "kl_per_dim",
     "latent_manifold",

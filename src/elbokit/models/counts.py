@@ -1,0 +1,391 @@
+r"""Likelihoods for counts (gene expression: cells x genes of UMI counts), as single-cell VAEs use them (scVI,
+Lopez et al. 2018).
+
+The decoder's first D outputs are the logits of the expression proportions ρ = softmax(η) (they sum to 1 over
+the genes), and the mean count of gene j is μ_j = ℓ ρ_j with ℓ the cell's library size. With ``library=
+"observed"`` (scVI's ``use_observed_lib_size``, the default) ℓ is the cell's own total count Σ_j x_j, read
+from the x whose density is evaluated; p(x | z) is then the density of x given z and its total, as scVI's. With
+``library="latent"`` (spec suffix ``:latent``) log ℓ is the last coordinate of z, with the prior N(m, s²) of the
+training cells' log totals (scVI's ``use_observed_lib_size=False``, one batch), inferred by the encoder with the
+rest of z: a proper density over x, which generates cells of varying depth. Then
+
+.. math::
+    \text{poisson:}\ x_j \sim \mathrm{Poisson}(\mu_j), \qquad
+    \text{nb:}\ x_j \sim \mathrm{NB}(\mu_j, \theta_j),\
+    \mathrm E x_j = \mu_j,\ \mathrm{Var}\, x_j = \mu_j + \mu_j^2/\theta_j,
+
+.. math::
+    \text{zinb:}\ p(x_j) = \pi_j [x_j = 0] + (1 - \pi_j)\, \mathrm{NB}(x_j; \mu_j, \theta_j), \quad
+    \pi_j = \sigma(\eta^{\pi}_j).
+
+The inverse dispersion θ is per gene (a free log θ_j shared by all cells, the default), per cell (the decoder
+outputs D more values: log θ per cell and gene) or a fixed number (``"nb:10"``). ZINB's dropout logits are D
+more decoder outputs. The encoder of a VAE with a count likelihood sees log(1 + x) (:attr:`CountLikelihood.
+encoder_input`).
+
+A count likelihood has no x to read a library from when it generates (``sample``, ``mean`` of p(x|z) alone): it
+then uses ``library``, a buffer set to the median total count of the training cells (``VAE.init_output_bias``
+sets it with the decoder's bias), so that samples from p(z) look like a typical cell. A reconstruction of a
+given cell uses that cell's own total (:meth:`CountLikelihood.reconstruction`).
+
+The NB log density is computed without the cancellation of torch's ``NegativeBinomial.log_prob``, whose
+lgamma(x + θ) - lgamma(θ) loses ~1e-4 nats in float32 at θ = 1e3 and ~1 nat at θ = 1e6: see :func:`nb_log_prob`.
+
+References:
+    Lopez, Regier, Cole, Jordan & Yosef, "Deep generative modeling for single-cell transcriptomics", Nature
+    Methods 15, 2018.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, NegativeBinomial, Poisson, constraints
+
+from elbokit.models.likelihoods import Likelihood
+
+COUNT_LIKELIHOODS: tuple[str, ...] = ("poisson", "nb", "zinb")
+_NO_SHAPE = torch.Size()
+DISPERSIONS = ("gene", "cell")
+LIBRARIES = ("observed", "latent")
+
+#: θ from which the NB log density uses Stirling's series for lgamma(x + θ) - lgamma(θ) (its first omitted term,
+#: 1/(1680 θ^7), is below 5e-13 there) instead of the difference of two lgammas, exact to float64 below it.
+_STIRLING_FROM = 20.0
+# Stirling's series of lgamma(a) - [(a - 1/2) log a - a + log(2 pi) / 2]: 1/(12a) - 1/(360a^3) + 1/(1260a^5)
+_STIRLING = (1 / 12, -1 / 360, 1 / 1260)
+
+
+def _stirling_tail(a: Tensor) -> Tensor:
+    inv = a.reciprocal()
+    inv2 = inv * inv
+    return inv * (_STIRLING[0] + inv2 * (_STIRLING[1] + inv2 * _STIRLING[2]))
+
+
+def nb_log_prob(x: Tensor, mu: Tensor, theta: Tensor) -> Tensor:
+    r"""log NB(x; mean μ, inverse dispersion θ), elementwise, accurate for every θ > 0.
+
+    .. math::
+        \log p(x) = \log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)
+            + \theta \log\frac{\theta}{\theta + \mu} + x \log\frac{\mu}{\theta + \mu},
+
+    written as x log μ - (θ + x) log1p(μ/θ) + [lgamma(x + θ) - lgamma(θ) - x log θ] - lgamma(x + 1). The bracket
+    is O(x) however large θ is; for θ >= 20 it is evaluated by Stirling's series,
+    (θ + x - 1/2) log1p(x/θ) - x + S(θ + x) - S(θ), so that no term of size θ log θ is ever subtracted.
+    ``mu = 0`` gives log p(0) = 0 (x log μ is taken as 0 at x = 0).
+    """
+    theta_safe = theta.clamp(min=_STIRLING_FROM)
+    stirling = (theta_safe + x - 0.5) * torch.log1p(x / theta_safe) - x + _stirling_tail(theta_safe + x)
+    stirling = stirling - _stirling_tail(theta_safe)
+    direct = torch.lgamma(x + theta) - torch.lgamma(theta) - torch.xlogy(x, theta)
+    bracket = torch.where(theta >= _STIRLING_FROM, stirling, direct)
+    return torch.xlogy(x, mu) - (theta + x) * torch.log1p(mu / theta) + bracket - torch.lgamma(x + 1)
+
+
+class NegativeBinomialMean(NegativeBinomial):
+    """torch's NegativeBinomial by mean μ and inverse dispersion θ (``total_count=θ, logits=log μ - log θ``),
+    its ``log_prob`` by :func:`nb_log_prob` (sampling, mean and variance are torch's)."""
+
+    def __init__(self, mu: Tensor, theta: Tensor, validate_args: bool | None = None) -> None:
+        mu, theta = torch.broadcast_tensors(mu, theta)
+        self.mu = mu
+        super().__init__(total_count=theta, logits=torch.log(mu) - torch.log(theta), validate_args=validate_args)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return nb_log_prob(value, self.mu, self.total_count)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.mu
+
+
+class ZeroInflatedNegativeBinomial(Distribution):
+    r"""π [x = 0] + (1 - π) NB(x; μ, θ), π = σ(gate logits), elementwise (batch = the parameters' shape).
+
+    log p(0) = logaddexp(log π, log(1 - π) + log NB(0)); log p(x > 0) = log(1 - π) + log NB(x), with log π and
+    log(1 - π) as logsigmoid(±gate logits). Mean (1 - π) μ, variance (1 - π)(μ + μ²/θ) + π (1 - π) μ².
+    """
+
+    arg_constraints = {  # noqa: RUF012 (torch's Distribution declares it so)
+        "mu": constraints.nonnegative, "theta": constraints.positive, "gate_logits": constraints.real,
+    }  # fmt: skip
+    support = constraints.nonnegative_integer
+
+    def __init__(self, mu: Tensor, theta: Tensor, gate_logits: Tensor, validate_args: bool | None = None) -> None:
+        self.mu, self.theta, self.gate_logits = torch.broadcast_tensors(mu, theta, gate_logits)
+        super().__init__(self.mu.shape, validate_args=validate_args)
+
+    def expand(
+        self, batch_shape: torch.Size | list[int] | tuple[int, ...], _instance: Distribution | None = None
+    ) -> Distribution:
+        shape = torch.Size(batch_shape)
+        return ZeroInflatedNegativeBinomial(
+            self.mu.expand(shape), self.theta.expand(shape), self.gate_logits.expand(shape), validate_args=False
+        )
+
+    @property
+    def gate(self) -> Tensor:
+        """π, the probability of a structural zero."""
+        return torch.sigmoid(self.gate_logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return (1 - self.gate) * self.mu
+
+    @property
+    def variance(self) -> Tensor:
+        pi = self.gate
+        return (1 - pi) * (self.mu + self.mu.square() / self.theta) + pi * (1 - pi) * self.mu.square()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        nb = nb_log_prob(value, self.mu, self.theta)
+        log_keep = F.logsigmoid(-self.gate_logits)  # log(1 - π)
+        zero = torch.logaddexp(F.logsigmoid(self.gate_logits), log_keep + nb)
+        return torch.where(value == 0, zero, log_keep + nb)
+
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = _NO_SHAPE) -> Tensor:
+        with torch.no_grad():
+            counts = NegativeBinomialMean(self.mu, self.theta, validate_args=False).sample(sample_shape)
+            structural = torch.bernoulli(self.gate.expand_as(counts))
+            return counts * (1 - structural)
+
+
+class CountDistribution(Distribution):
+    """p(x | z) of a count likelihood over cells: batch (...), event (D,), the genes independent given z and
+    the library. ``log_prob(x)`` takes each cell's library from x itself (observed library) unless one is fixed;
+    ``sample`` and ``mean`` use the fixed library (or the likelihood's default)."""
+
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+    arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012 (torch's Distribution declares it so)
+
+    def __init__(self, family: str, logits: Tensor, theta: Tensor | None, gate_logits: Tensor | None,
+                 library: Tensor | None, default_library: Tensor) -> None:  # fmt: skip
+        self.family, self.logits, self.theta, self.gate_logits = family, logits, theta, gate_logits
+        self.library, self.default_library = library, default_library
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+
+    def _per_gene(self, library: Tensor) -> Distribution:
+        """The distribution of each gene's count at this library (broadcast against the proportions)."""
+        mu = library * torch.softmax(self.logits, dim=-1)
+        if self.family == "poisson":
+            return Poisson(mu, validate_args=False)
+        assert self.theta is not None
+        if self.family == "nb":
+            return NegativeBinomialMean(mu, self.theta, validate_args=False)
+        assert self.gate_logits is not None
+        return ZeroInflatedNegativeBinomial(mu, self.theta, self.gate_logits, validate_args=False)
+
+    def _fixed_library(self) -> Tensor:
+        return self.default_library if self.library is None else self.library
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        library = value.sum(-1, keepdim=True) if self.library is None else self.library
+        return self._per_gene(library).log_prob(value).sum(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return Independent(self._per_gene(self._fixed_library()), 1).mean
+
+    @property
+    def variance(self) -> Tensor:
+        return Independent(self._per_gene(self._fixed_library()), 1).variance
+
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = _NO_SHAPE) -> Tensor:
+        return self._per_gene(self._fixed_library()).sample(torch.Size(sample_shape))
+
+    def at_library(self, library: Tensor) -> CountDistribution:
+        """The same p(x | z) with each cell's library fixed to ``library`` (..., 1)."""
+        return CountDistribution(self.family, self.logits, self.theta, self.gate_logits, library,
+                                 self.default_library)  # fmt: skip
+
+
+class CountLikelihood(Likelihood):
+    """Poisson, negative-binomial or zero-inflated NB counts with mean ℓ softmax(η) (see the module docstring).
+
+    Args:
+        family: ``"poisson"``, ``"nb"`` or ``"zinb"``.
+        dispersion: θ (NB and ZINB): ``"gene"`` (a free θ_j per gene, starting at 1; needs ``data_dim``),
+            ``"cell"`` (from the decoder, per cell and gene) or a fixed number > 0.
+        data_dim: D.
+    """
+
+    support = "count"
+    encoder_input = "log1p"  # the encoder of a VAE with this likelihood sees log(1 + x)
+    library: Tensor
+    log_library_prior: Tensor
+
+    def __init__(self, family: str = "nb", dispersion: str | float = "gene", *, data_dim: int | None = None,
+                 library: str = "observed") -> None:  # fmt: skip
+        super().__init__()
+        if family not in COUNT_LIKELIHOODS:
+            raise ValueError(f"a count likelihood is one of {', '.join(COUNT_LIKELIHOODS)}, got {family!r}")
+        if library not in LIBRARIES:
+            raise ValueError(f"library must be observed or latent, got {library!r}")
+        self.name = family
+        self.library_kind = library
+        self.log_theta: nn.Parameter | None = None
+        self.dispersion: str | float | None = None
+        if family != "poisson":
+            if isinstance(dispersion, str):
+                if dispersion not in DISPERSIONS:
+                    raise ValueError(f"dispersion must be gene, cell or a number > 0, got {dispersion!r}")
+            elif isinstance(dispersion, bool) or not isinstance(dispersion, (int, float)) or not (
+                0 < dispersion < math.inf
+            ):
+                raise ValueError(f"dispersion must be gene, cell or a number > 0, got {dispersion!r}")
+            self.dispersion = dispersion if isinstance(dispersion, str) else float(dispersion)
+            if dispersion == "gene":
+                if data_dim is None or isinstance(data_dim, bool) or not isinstance(data_dim, int) or data_dim < 1:
+                    raise ValueError(f"a per-gene dispersion needs data_dim, an integer >= 1, got {data_dim!r}")
+                self.log_theta = nn.Parameter(torch.zeros(data_dim))
+        # The library used where no x gives one (generation): the training cells' median total (a buffer, saved).
+        self.register_buffer("library", torch.tensor(1.0))
+        # A latent library's prior, log ℓ ~ N(loc, scale²): the training cells' log totals' mean and sd (saved).
+        self.register_buffer("log_library_prior", torch.tensor([0.0, 1.0]))
+
+    def output_size(self, data_dim: int) -> int:
+        """D proportion logits, then D log θ (per-cell dispersion), then D dropout logits (ZINB); then, for a
+        latent library, log ℓ (the decoder passes z's last coordinate through: :class:`LibraryDecoder`)."""
+        return data_dim * (1 + (self.dispersion == "cell") + (self.name == "zinb")) + (self.library_kind == "latent")
+
+    @property
+    def latent_library(self) -> bool:
+        """Whether the library is a latent variable (the last coordinate of z, log ℓ) rather than observed."""
+        return self.library_kind == "latent"
+
+    def _parts(self, out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if self.latent_library:
+            out = out[..., :-1]
+        d = out.shape[-1] // (1 + (self.dispersion == "cell") + (self.name == "zinb"))
+        logits, rest = out[..., :d], out[..., d:]
+        theta: Tensor | None = None
+        if self.dispersion == "cell":
+            theta, rest = torch.exp(rest[..., :d]), rest[..., d:]
+        elif self.log_theta is not None:
+            if self.log_theta.shape[0] != d:
+                raise ValueError(f"this likelihood has {self.log_theta.shape[0]} genes' dispersions; the decoder "
+                                 f"gave {d} genes")  # fmt: skip
+            theta = torch.exp(self.log_theta)
+        elif isinstance(self.dispersion, float):
+            theta = logits.new_tensor(self.dispersion)
+        gate = rest if self.name == "zinb" else None
+        return logits, theta, gate
+
+    def forward(self, out: Tensor) -> Distribution:
+        logits, theta, gate = self._parts(out)
+        library = torch.exp(out[..., -1:]) if self.latent_library else None
+        return CountDistribution(self.name, logits, theta, gate, library, self.library.to(out.dtype))
+
+    def mean(self, out: Tensor) -> Tensor:
+        """E[x | z] at the default library (the training cells' median total): (..., D)."""
+        return self(out).mean
+
+    def reconstruction(self, out: Tensor, x: Tensor, *, mean: bool = True) -> Tensor:
+        """E[x | z] (or a draw) at the library of the cells x, whose reconstruction this is: (..., D)."""
+        p = self(out)
+        assert isinstance(p, CountDistribution)
+        at = p if self.latent_library else p.at_library(x.sum(-1, keepdim=True))  # latent: the inferred ℓ
+        return at.mean if mean else at.sample()
+
+    def inverse_mean(self, mean: Tensor) -> Tensor:
+        """Proportion logits log(mean / Σ mean): ρ at the data's mean proportions (``VAE.init_output_bias`` also
+        sets the default library to the mean total, Σ mean, unless one was set)."""
+        mean = mean.clamp(min=1e-8)
+        return torch.log(mean / mean.sum())
+
+    def set_library(self, library: float) -> None:
+        """The library size used for generation (``sample``, ``mean``): typically the training cells' median total."""
+        if not math.isfinite(library) or library <= 0:
+            raise ValueError(f"library must be a finite number > 0, got {library!r}")
+        self.library.fill_(library)
+
+    @property
+    def theta(self) -> Tensor | None:
+        """θ per gene (D,) for ``dispersion="gene"``, the fixed θ, or None (Poisson, per-cell θ)."""
+        if self.log_theta is not None:
+            return torch.exp(self.log_theta)
+        return None if not isinstance(self.dispersion, float) else torch.tensor(self.dispersion)
+
+    def check(self, x: Tensor) -> None:
+        """Finite, non-negative integer counts, and (observed library) no cell without a count: its library
+        would be 0."""
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            raise ValueError(f"the {self.name} likelihood needs finite counts; {int((~finite).sum())} values are NaN "
+                             "or infinite")  # fmt: skip
+        negative = x < 0
+        if bool(negative.any()):
+            raise ValueError(f"the {self.name} likelihood needs counts >= 0; {int(negative.sum())} values are "
+                             f"negative (smallest {float(x.min())})")  # fmt: skip
+        fractional = x != torch.round(x)
+        if bool(fractional.any()):
+            first = float(x[fractional][0])
+            raise ValueError(f"the {self.name} likelihood needs integer counts; {int(fractional.sum())} values are "
+                             f"not integers (e.g. {first})")  # fmt: skip
+        if self.latent_library:  # a cell without counts is possible under a latent library
+            return
+        empty = x.reshape(-1, x.shape[-1]).sum(-1) == 0 if x.dim() >= 1 and x.numel() else None
+        if empty is not None and bool(empty.any()):
+            rows = empty.nonzero().flatten()
+            raise ValueError(f"the {self.name} likelihood takes each cell's library from its total count; "
+                             f"{int(empty.sum())} cells have no counts at all (first: row {int(rows[0])})")  # fmt: skip
+
+    def set_library_prior(self, log_totals: Tensor) -> None:
+        """A latent library's prior log ℓ ~ N(mean, sd²) of the training cells' log total counts."""
+        loc, scale = float(log_totals.mean()), float(log_totals.std()) if log_totals.numel() > 1 else 1.0
+        self.log_library_prior.copy_(torch.tensor([loc, max(scale, 1e-3)]))
+
+    def spec(self) -> str:
+        suffix = ":latent" if self.latent_library else ""
+        if self.name == "poisson":
+            return "poisson" + suffix
+        if isinstance(self.dispersion, float):
+            return f"{self.name}:{self.dispersion!r}{suffix}"
+        return (self.name if self.dispersion == "gene" else f"{self.name}:{self.dispersion}") + suffix
+
+
+class Log1pFlatten(nn.Module):
+    """x (B, *event) -> log(1 + x) flattened to (B, D): the input layer of a count VAE's encoder (scVI's)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.log1p(x.flatten(1))
+
+
+class LibraryDecoder(nn.Module):
+    """The decoder of a VAE with a latent library: z = (z_1..z_d, log ℓ) -> (net(z_1..z_d), log ℓ)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.cat([self.net(z[..., :-1]), z[..., -1:]], dim=-1)
+
+
+def make_count_likelihood(name: str, options: list[str], data_dim: int | None) -> CountLikelihood:
+    """``poisson``, ``nb[:gene|cell|THETA]``, ``zinb[:gene|cell|THETA]``, each with an optional last ``:latent``
+    (a latent library; the default is the observed one), options already split off the name."""
+    library = "observed"
+    if options and options[-1] in LIBRARIES:
+        library = options.pop()
+    if name == "poisson":
+        if options:
+            raise ValueError(f"unknown likelihood 'poisson:{':'.join(options)}': poisson takes no options")
+        return CountLikelihood("poisson", library=library)
+    if len(options) > 1:
+        raise ValueError(f"unknown likelihood {':'.join([name, *options])!r}: {name}[:gene|cell|THETA][:latent]")
+    dispersion: str | float = options[0] if options else "gene"
+    if dispersion not in DISPERSIONS:
+        try:
+            dispersion = float(dispersion)
+        except ValueError:
+            raise ValueError(f"unknown likelihood {':'.join([name, *options])!r}: the dispersion must be gene, "
+                             "cell or a number") from None  # fmt: skip
+    return CountLikelihood(name, dispersion, data_dim=data_dim, library=library)
