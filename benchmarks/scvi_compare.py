@@ -233,6 +233,68 @@ def scvi_log_weights(module: Any, tensors: dict[str, Tensor], k: int, per_pass: 
     return torch.cat(chunks).cpu()
 
 
+class _ScviLikelihood(torch.distributions.Distribution):
+    """p(x | z) of a trained scvi-tools module at the observed library of the x it is evaluated at (as scvi-tools'
+    own marginal_ll), summed over genes: z (..., B, d) -> batch (..., B), event (D,)."""
+
+    arg_constraints: dict[str, Any] = {}  # noqa: RUF012
+
+    def __init__(self, module: Any, z: Tensor, genes: int) -> None:
+        self.module, self.z = module, z
+        super().__init__(z.shape[:-1], torch.Size([genes]), validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        library = torch.log(value.sum(-1, keepdim=True)).expand(*self.z.shape[:-1], 1)
+        batch = torch.zeros(*self.z.shape[:-1], 1, dtype=torch.long)
+        px = self.module.generative(self.z, library, batch)["px"]
+        return px.log_prob(value).sum(-1)
+
+
+class ScviModel(torch.nn.Module):
+    """A trained scvi-tools SCVI module (observed library, one batch) as an elbokit model and guide: p(z) = N(0, I),
+    p(x | z) its decoder's, q(z | x) its encoder's. With it, elbokit's estimators and diagnostics run on
+    scvi-tools' own model (here: log p(x) by importance sampling from elbokit's refined proposal)."""
+
+    def __init__(self, module: Any, genes: int) -> None:
+        super().__init__()
+        self.module, self.genes = module, genes
+
+    def prior(self) -> torch.distributions.Distribution:
+        d = self.module.n_latent
+        return torch.distributions.Independent(torch.distributions.Normal(torch.zeros(d), torch.ones(d)), 1)
+
+    def likelihood(self, z: Tensor) -> torch.distributions.Distribution:
+        return _ScviLikelihood(self.module, z, self.genes)
+
+    def guide(self, x: Tensor) -> torch.distributions.Distribution:
+        qz = self.module.inference(x, torch.zeros(x.shape[0], 1, dtype=torch.long))["qz"]
+        return torch.distributions.Independent(torch.distributions.Normal(qz.loc, qz.scale), 1)
+
+
+def refined_log_px(model: Any, guide: Any, x_test: Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """log p(x) per test cell by ek.log_marginal from dx.refined_proposal (``elbokit evaluate``'s default): q
+    refined per cell in the full-covariance Gaussian family, mixed defensively with a widened copy."""
+    import elbokit as ek
+    from elbokit.diagnostics import refined_proposal
+
+    values, errors, khats = [], [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.eval_seed)
+        for start in range(0, x_test.shape[0], args.batch_size):
+            x = x_test[start : start + args.batch_size]
+            proposal = ek.FixedGuide(refined_proposal(model, guide, x, steps=300))
+            with torch.inference_mode():
+                estimate = ek.log_marginal(model, proposal, x, k=args.k, warn=False)
+            values.append(estimate.value)
+            errors.append(estimate.stderr)
+            if estimate.pareto_k is not None:
+                khats.append(estimate.pareto_k)
+    out = log_px_summary(torch.cat(values), torch.cat(errors), torch.cat(khats) if khats else None)
+    out["note"] = "ek.log_marginal with dx.refined_proposal (elbokit evaluate's default)"
+    out["_values"] = torch.cat(values).double()
+    return out
+
+
 def run_scvi(args: argparse.Namespace, splits: dict[str, Tensor]) -> dict[str, Any]:
     import anndata
     import lightning.pytorch as pl
@@ -354,7 +416,14 @@ def run_scvi(args: argparse.Namespace, splits: dict[str, Tensor]) -> dict[str, A
     )
     out["scvi_replica_max_abs_diff"] = float((replica - official.float()).abs().max())
     out["elbo_le_log_px_fraction"] = float((elbo.float() <= official.float() + 1e-3).float().mean())
-    out["_cells"] = {"elbo": elbo.double(), "log_px": official.double(), "khat": khat_of(log_w)}
+    # scvi-tools' own model, its log p(x) estimated by elbokit from the refined proposal
+    scvi_model = ScviModel(module, genes)
+    for p in scvi_model.parameters():
+        p.requires_grad_(False)
+    out["log_px_refined"] = refined_log_px(scvi_model, scvi_model.guide, splits["test"], args)
+    refined_values = out["log_px_refined"].pop("_values")
+    out["_cells"] = {"elbo": elbo.double(), "log_px": official.double(), "khat": khat_of(log_w),
+                     "log_px_refined": refined_values}  # fmt: skip
     return out
 
 
@@ -503,27 +572,10 @@ def run_elbokit(args: argparse.Namespace, dataset: Any, splits: dict[str, Tensor
     out["log_px"]["k"] = args.k
     out["log_px"]["note"] = "ek.log_marginal(k=K): q(z|x) as proposal, log p(x | l_obs)"
     out["elbo_le_log_px_fraction"] = float((elbo.float() <= value + 1e-3).float().mean())
-    # elbokit's own default (``elbokit evaluate``): the proposal q refined per cell in the full-covariance family
-    # and mixed defensively with a widened copy (dx.refined_proposal), for weights light-tailed enough to trust.
-    from elbokit.diagnostics import refined_proposal
-
-    refined_values, refined_errors, refined_khats = [], [], []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.eval_seed)
-        for start in range(0, x_test.shape[0], args.batch_size):
-            x = x_test[start : start + args.batch_size]
-            proposal = ek.FixedGuide(refined_proposal(model, model.encoder, x, steps=300))
-            with torch.inference_mode():
-                estimate = ek.log_marginal(model, proposal, x, k=args.k, warn=False)
-            refined_values.append(estimate.value)
-            refined_errors.append(estimate.stderr)
-            if estimate.pareto_k is not None:
-                refined_khats.append(estimate.pareto_k)
-    refined = torch.cat(refined_values)
-    out["log_px_refined"] = log_px_summary(refined, torch.cat(refined_errors),
-                                           torch.cat(refined_khats) if refined_khats else None)  # fmt: skip
-    out["log_px_refined"]["note"] = "ek.log_marginal with dx.refined_proposal (elbokit evaluate's default)"
-    out["_cells"] = {"elbo": elbo, "log_px": value.double(), "khat": torch.cat(khats) if khats else None}
+    out["log_px_refined"] = refined_log_px(model, model.encoder, x_test, args)
+    refined_values = out["log_px_refined"].pop("_values")
+    out["_cells"] = {"elbo": elbo, "log_px": value.double(), "khat": torch.cat(khats) if khats else None,
+                     "log_px_refined": refined_values}  # fmt: skip
     return out
 
 
@@ -577,6 +629,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "log_px_elbokit_better_fraction": float(
                 (cells["elbokit"]["log_px"] > cells["scvi"]["log_px"]).double().mean()
             ),
+        }
+        # Both models' log p(x) from elbokit's refined proposal: the comparison the k-hat check can vouch for
+        ro, rt = cells["elbokit"]["log_px_refined"], cells["scvi"]["log_px_refined"]
+        out["compare"]["log_px_refined_elbokit_minus_scvi"] = float((ro - rt).mean())
+        out["compare"]["log_px_refined_difference_paired_sem"] = _paired_sem(ro, rt)
+        # How far each model's q(z|x)-proposal estimate (scvi-tools' get_marginal_ll) falls below the refined one
+        out["compare"]["encoder_proposal_shortfall"] = {
+            "elbokit": float((ro - cells["elbokit"]["log_px"]).mean()),
+            "scvi": float((rt - cells["scvi"]["log_px"]).mean()),
         }
         k_ours, k_theirs = cells["elbokit"]["khat"], cells["scvi"]["khat"]
         if k_ours is not None and k_theirs is not None:

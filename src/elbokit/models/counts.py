@@ -77,12 +77,27 @@ def nb_log_prob(x: Tensor, mu: Tensor, theta: Tensor) -> Tensor:
     (θ + x - 1/2) log1p(x/θ) - x + S(θ + x) - S(θ), so that no term of size θ log θ is ever subtracted.
     ``mu = 0`` gives log p(0) = 0 (x log μ is taken as 0 at x = 0).
     """
+    log_mu = torch.log(mu)
+    value = nb_log_prob_log_mean(x, log_mu.clamp(min=torch.finfo(log_mu.dtype).min), theta)
+    return torch.where(mu > 0, value, torch.where(x == 0, 0.0, -math.inf))  # μ = 0: all mass at 0
+
+
+def _lgamma_ratio(x: Tensor, theta: Tensor) -> Tensor:
+    """lgamma(x + θ) - lgamma(θ) - x log θ, O(x) for any θ: Stirling's series from θ >= 20, lgammas below.
+    θ keeps its own shape (a per-gene (D,) θ is not broadcast to the cells before its own lgamma)."""
     theta_safe = theta.clamp(min=_STIRLING_FROM)
     stirling = (theta_safe + x - 0.5) * torch.log1p(x / theta_safe) - x + _stirling_tail(theta_safe + x)
     stirling = stirling - _stirling_tail(theta_safe)
-    direct = torch.lgamma(x + theta) - torch.lgamma(theta) - torch.xlogy(x, theta)
-    bracket = torch.where(theta >= _STIRLING_FROM, stirling, direct)
-    return torch.xlogy(x, mu) - (theta + x) * torch.log1p(mu / theta) + bracket - torch.lgamma(x + 1)
+    direct = torch.lgamma(x + theta) - torch.lgamma(theta) - x * torch.log(theta)
+    return torch.where(theta >= _STIRLING_FROM, stirling, direct)
+
+
+def nb_log_prob_log_mean(x: Tensor, log_mu: Tensor, theta: Tensor) -> Tensor:
+    """:func:`nb_log_prob` from log μ (finite): x log μ - (θ + x) softplus(log μ - log θ) + lgamma ratio -
+    lgamma(x + 1), where softplus(log μ - log θ) = log1p(μ/θ). A count VAE's log μ = log ℓ + log softmax(η)
+    comes this way without an exp and a log."""
+    softplus = torch.nn.functional.softplus(log_mu - torch.log(theta))
+    return x * log_mu - (theta + x) * softplus + _lgamma_ratio(x, theta) - torch.lgamma(x + 1)
 
 
 class NegativeBinomialMean(NegativeBinomial):
@@ -186,8 +201,20 @@ class CountDistribution(Distribution):
         return self.default_library if self.library is None else self.library
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """Σ_j log p(x_j | z), from log μ = log ℓ + log softmax(η) directly (no μ formed and logged again)."""
         library = value.sum(-1, keepdim=True) if self.library is None else self.library
-        return self._per_gene(library).log_prob(value).sum(-1)
+        log_mu = torch.log(library) + torch.log_softmax(self.logits, dim=-1)
+        if self.family == "poisson":
+            per_gene = value * log_mu - torch.exp(log_mu) - torch.lgamma(value + 1)
+        else:
+            assert self.theta is not None
+            per_gene = nb_log_prob_log_mean(value, log_mu, self.theta)
+            if self.family == "zinb":
+                assert self.gate_logits is not None
+                log_keep = F.logsigmoid(-self.gate_logits)  # log(1 - π)
+                zero = torch.logaddexp(F.logsigmoid(self.gate_logits), log_keep + per_gene)
+                per_gene = torch.where(value == 0, zero, log_keep + per_gene)
+        return per_gene.sum(-1)
 
     @property
     def mean(self) -> Tensor:
