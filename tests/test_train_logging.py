@@ -291,12 +291,12 @@ def test_a_resumed_run_ends_steps_jsonl_as_an_uninterrupted_one(
     fit(straight, straight.encoder, data, config, out=tmp_path / "a")
 
     class Crashing(loop_module.TrainStep):
-        def __call__(self, x: torch.Tensor) -> None:
+        def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None:
             if self.step == 21:
                 with (tmp_path / "b" / "steps.jsonl").open("a") as f:
                     f.write('{"step": 22, "ep')
                 raise _Crash
-            super().__call__(x)
+            super().__call__(x, *args, **kwargs)
 
     monkeypatch.setattr(loop_module, "TrainStep", Crashing)
     crashed = _vae()

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from elbokit.config import RunConfig
+from elbokit.data import Dataset
 from elbokit.diagnostics.rate_distortion import SweepPoint, rate_distortion
+from elbokit.distributed import alone, barrier, gather_objects, rank_device, world
 from elbokit.estimators._weights import check_positive_int
 from elbokit.runs import (
     EVALUATION,
@@ -86,32 +88,45 @@ def sweep(
     config = absolute_data(config)
     data = load_data(config)
     config = resolve_likelihood(config, data)
+    # In a process group each rank trains its own contiguous share of the β values, alone, on its own device
+    w = world()
+    config = dataclasses.replace(config, device=rank_device(config.device))
+    barrier()  # every rank has checked the folders before any writes to them
+    mine = list(w.shard(len(betas)))
     points = []
-    for b, run_dir in zip(betas, dirs, strict=True):
-        cfg = dataclasses.replace(config, beta=b)
-        model = new_model(cfg, data)
-        with warnings.catch_warnings():
-            # A constant β below 1 is the point of the sweep, not a mistake to warn about.
-            warnings.filterwarnings("ignore", message="β is .* throughout")
-            if run_dir is None:
-                fit(model, model.encoder, data, cfg)
-            else:
-                with writing_run(run_dir, cfg, data, overwrite=overwrite) as writer:
-                    fit(model, model.encoder, data, cfg, out=run_dir, on_checkpoint=writer.committed)
-        model.eval()
-        evaluation = evaluate(
-            Run(run_dir or Path("."), cfg, data, model, {}), k=k, limit=limit, seed=cfg.seed, proposal="encoder"
-        )
-        if run_dir is not None:
-            write_json(run_dir / EVALUATION, evaluation.to_dict())
-        device = next(model.parameters()).device
-        x = data.test[:limit].to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.seed)
-            point = rate_distortion(model, model.encoder, x, samples=samples, batch_size=100)
-        points.append(SweepPoint(
-            beta=b, rate=point.rate, distortion=point.distortion, elbo=point.elbo, log_px=evaluation.log_px,
-            log_px_stderr=evaluation.log_px_stderr, rate_stderr=point.rate_stderr,
-            distortion_stderr=point.distortion_stderr, min_ess=evaluation.min_ess, path=run_dir,
-        ))  # fmt: skip
-    return points
+    with alone():
+        for i in mine:
+            points.append(_sweep_point(config, data, betas[i], dirs[i], k=k, limit=limit, samples=samples,
+                                       overwrite=overwrite))  # fmt: skip
+    return [point for part in gather_objects(points) for point in part]
+
+
+def _sweep_point(config: RunConfig, data: Dataset, b: float, run_dir: Path | None, *, k: int, limit: int | None,
+                 samples: int, overwrite: bool) -> SweepPoint:  # fmt: skip
+    """One β of :func:`sweep`: trained, evaluated and placed on the rate-distortion plane."""
+    cfg = dataclasses.replace(config, beta=b)
+    model = new_model(cfg, data)
+    with warnings.catch_warnings():
+        # A constant β below 1 is the point of the sweep, not a mistake to warn about.
+        warnings.filterwarnings("ignore", message="β is .* throughout")
+        if run_dir is None:
+            fit(model, model.encoder, data, cfg)
+        else:
+            with writing_run(run_dir, cfg, data, overwrite=overwrite) as writer:
+                fit(model, model.encoder, data, cfg, out=run_dir, on_checkpoint=writer.committed)
+    model.eval()
+    evaluation = evaluate(
+        Run(run_dir or Path("."), cfg, data, model, {}), k=k, limit=limit, seed=cfg.seed, proposal="encoder"
+    )
+    if run_dir is not None:
+        write_json(run_dir / EVALUATION, evaluation.to_dict())
+    device = next(model.parameters()).device
+    x = data.test[:limit].to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        point = rate_distortion(model, model.encoder, x, samples=samples, batch_size=100)
+    return SweepPoint(
+        beta=b, rate=point.rate, distortion=point.distortion, elbo=point.elbo, log_px=evaluation.log_px,
+        log_px_stderr=evaluation.log_px_stderr, rate_stderr=point.rate_stderr,
+        distortion_stderr=point.distortion_stderr, min_ess=evaluation.min_ess, path=run_dir,
+    )  # fmt: skip

@@ -39,7 +39,7 @@ def _install(event: str) -> None:
         original = step_module.TrainStep.__call__
         count = [0]
 
-        def call(self: Any, x: Any) -> Any:
+        def call(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
             count[0] += 1
             if kind == "step" and count[0] == int(rest):
                 _die()
@@ -49,7 +49,7 @@ def _install(event: str) -> None:
                 nth, _, path = rest.partition(":")
                 while count[0] == int(nth) and not Path(path).exists():
                     time.sleep(0.02)
-            return original(self, x)
+            return original(self, x, *args, **kwargs)
 
         step_module.TrainStep.__call__ = call  # type: ignore[method-assign]
         return

@@ -28,11 +28,19 @@ def build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from elbokit import distributed
     from elbokit.errors import TrainingDiverged
 
     try:
         args = build_parser().parse_args(argv)
-        return int(args.run_command(args))
+        nproc = getattr(args, "nproc", 1)
+        if distributed.env_world() is None and nproc > 1:  # start the ranks; each runs this command
+            return distributed.launch(list(sys.argv[1:] if argv is None else argv), nproc)
+        distributed.init_from_env(getattr(args, "device", "auto"))
+        try:
+            return int(args.run_command(args))
+        finally:
+            distributed.shutdown()
     except TrainingDiverged as err:
         print(f"elbokit: training stopped: {err}", file=sys.stderr)
         return 1

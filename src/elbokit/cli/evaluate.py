@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from elbokit.cli._args import _positive_int, add_checkpoint, add_device, check_duration
+from elbokit.cli.fit_flags import add_nproc_flag
 from elbokit.config import PROPOSALS
 
 
@@ -31,6 +32,7 @@ def add_command(commands: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_device(p)
     add_checkpoint(p)
+    add_nproc_flag(p)
     p.set_defaults(run_command=run)
 
 

@@ -57,6 +57,14 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a("--overwrite", action="store_true", help="replace the run already in --out")
     a("--report", action="store_true", help="at the end, diagnose the run and write report.html")
+    add_nproc_flag(p)
+
+
+def add_nproc_flag(p: argparse.ArgumentParser) -> None:
+    """``--nproc N``: the command in N local processes on torch.distributed (under torchrun: one per rank)."""
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="run on N local processes (torch.distributed: gloo, or NCCL with a GPU per rank); under "
+                   "torchrun the command joins its group instead")  # fmt: skip
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:

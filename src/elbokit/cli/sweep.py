@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from elbokit.cli._args import _number_list, _positive_int, add_device
+from elbokit.cli.fit_flags import add_nproc_flag
 
 SWEEP = "sweep"  # DIR/sweep/beta-B run folders and DIR/sweep.json
 
@@ -26,11 +28,13 @@ def add_command(commands: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_device(p, default=None)  # None: the run's own device setting
+    add_nproc_flag(p)
     p.set_defaults(run_command=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from elbokit.config import RunConfig
+    from elbokit.distributed import barrier, world
     from elbokit.rundir import locked
     from elbokit.runs import CONFIG, holds_run, write_json
     from elbokit.sweeps import sweep
@@ -43,10 +47,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.run / SWEEP
     if (out.exists() or (args.run / f"{SWEEP}.json").exists()) and not args.overwrite:
         raise ValueError(f"{args.run} already holds a sweep ({SWEEP}.json, {SWEEP}/); pass --overwrite to replace it")
-    with locked(args.run, what="elbokit sweep"):
+    barrier()  # every rank has checked the folder before rank 0 takes it
+    main = world().main  # in a process group, rank 0 holds the lock and writes sweep.json
+    with locked(args.run, what="elbokit sweep") if main else contextlib.nullcontext():
         points = sweep(config, args.beta, out, k=args.k, limit=args.limit, overwrite=args.overwrite)
         rows = [p._asdict() | {"path": str(p.path)} for p in points]
-        write_json(args.run / f"{SWEEP}.json", rows)
+        if main:
+            write_json(args.run / f"{SWEEP}.json", rows)
     if args.json:
         print(json.dumps(rows))
         return 0

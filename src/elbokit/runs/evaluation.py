@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from elbokit._json import count, is_real
 from elbokit.config import PROPOSALS
+from elbokit.distributed import gather_objects, world
 from elbokit.estimators import elbo, log_marginal
 from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.guides.nonamortized import NonAmortizedGaussian, fitted_once
@@ -99,13 +100,15 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
         raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}, got {proposal!r}")
     x_all = run.data.split(split)[:limit]
     device = next(run.model.parameters()).device
-    totals = {"elbo": 0.0, "kl": 0.0, "reconstruction": 0.0, "log_px": 0.0, "var": 0.0}
-    min_ess, khat_max, khat_over, kl_method = math.inf, -math.inf, 0, "analytic"
+    starts = list(range(0, x_all.shape[0], batch_size))
+    mine = [starts[i] for i in world().shard(len(starts))]  # in a process group: whole batches per rank
+    records: list[tuple[float, ...]] = []  # per batch: elbo, kl, reconstruction, log p(x), variance sums; ESS,
+    kl_method = "analytic"  # k-hat max (or -inf), k-hat count
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        starts = range(0, x_all.shape[0], batch_size)
-        bar = tqdm(starts, desc="evaluate", unit="batch", leave=False, disable=not (progress and len(starts) > 1))
+        bar = tqdm(mine, desc="evaluate", unit="batch", leave=False, disable=not (progress and len(mine) > 1))
         for start in bar:
+            # Each batch's draws follow (seed, its first point) alone: the same numbers on any number of ranks
+            torch.manual_seed(seed * 1_000_003 + start)
             x = x_all[start : start + batch_size].to(device)
             encoder = fitted_once(run.model.encoder, x)
             guide: Guide = encoder
@@ -116,16 +119,22 @@ def evaluate(run: Run, *, k: int = 1000, split: str = "test", limit: int | None 
                 bound = elbo(run.model, encoder, x)
                 kl_method = bound.kl_method
                 estimate = log_marginal(run.model, guide, x, k=k, warn=False)
-            totals["elbo"] += float(bound.value.sum())
-            totals["kl"] += float(bound.kl.sum())
-            totals["reconstruction"] += float(bound.reconstruction.sum())
-            totals["log_px"] += float(estimate.value.sum())
-            totals["var"] += float(estimate.stderr.square().sum())
-            min_ess = min(min_ess, float(estimate.ess.min()))
             assert estimate.pareto_k is not None
             khat = estimate.pareto_k[torch.isfinite(estimate.pareto_k)]
-            khat_max = max(khat_max, float(khat.max())) if khat.numel() else khat_max
-            khat_over += int((estimate.pareto_k > KHAT_THRESHOLD).sum())
+            records.append((
+                float(bound.value.sum()), float(bound.kl.sum()), float(bound.reconstruction.sum()),
+                float(estimate.value.sum()), float(estimate.stderr.square().sum()), float(estimate.ess.min()),
+                float(khat.max()) if khat.numel() else -math.inf, float((estimate.pareto_k > KHAT_THRESHOLD).sum()),
+            ))  # fmt: skip
+    gathered = gather_objects((records, kl_method))
+    records = [record for part, _ in gathered for record in part]  # in batch order: summed as one process does
+    kl_method = next((method for part, method in gathered if part), kl_method)
+    totals = {"elbo": 0.0, "kl": 0.0, "reconstruction": 0.0, "log_px": 0.0, "var": 0.0}
+    min_ess, khat_max, khat_over = math.inf, -math.inf, 0
+    for record in records:
+        for name, value in zip(totals, record[:5], strict=True):
+            totals[name] += value
+        min_ess, khat_max, khat_over = min(min_ess, record[5]), max(khat_max, record[6]), khat_over + int(record[7])
     n = x_all.shape[0]
     log_px = totals["log_px"] / n
     # Bits per dimension are a code length, meaningful for discrete data only (for continuous x, log p(x) is a

@@ -17,6 +17,7 @@ from elbokit.config import RunConfig
 from elbokit.data import Dataset
 from elbokit.diagnostics.rate_distortion import SweepPoint
 from elbokit.diagnostics.reference import ReferenceMethod
+from elbokit.distributed import rank_device, world
 from elbokit.models import VAE, Guide
 from elbokit.report.images import image_grid, write_png
 from elbokit.rundir import (
@@ -70,7 +71,7 @@ class Run:
         if not path.is_dir():
             raise ValueError(f"run directory {path} does not exist")
         config = RunConfig.load(path / CONFIG)
-        target = resolve_device(device)
+        target = resolve_device(rank_device(device))  # in a process group: each rank on its own GPU
         if not (path / CHECKPOINT).exists() and replaced_folder(path) is not None:
             raise ValueError(f"no checkpoint in {path}: its new run stopped before writing one; the run it "
                              f"replaced is kept in {path / REPLACED}")  # fmt: skip
@@ -119,7 +120,7 @@ class Run:
         writes ``evaluation.json``."""
         result = evaluate(self, k=k, split=split, limit=limit, seed=seed, proposal=proposal,
                           refine_steps=refine_steps, progress=progress)  # fmt: skip
-        if save:
+        if save and world().main:  # in a process group, rank 0 writes
             write_json(self.path / EVALUATION, result.to_dict())
         return result
 

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from elbokit.config import RunConfig
 from elbokit.data import Dataset
+from elbokit.distributed import world
 from elbokit.runs.build import load_data, new_model, resolve_likelihood
 from elbokit.runs.files import CONFIG, absolute_data, check_data_file, holds_run, writing_run
 from elbokit.runs.run import Run, write_pictures
@@ -90,6 +91,9 @@ def train_run(out: str | Path, config: RunConfig | None = None, *, resume: bool 
     model = new_model(config, data)
     if resume:
         check_resume(out, model, model.encoder, config)
+    if not world().main:  # another rank of a process group: it trains beside rank 0, which writes the run
+        result = fit(model, model.encoder, data, config, out=out, resume=resume)
+        return Trained(Run(out, config, data, model.eval(), {}), result, [])
     with writing_run(out, config, data, resume=resume, overwrite=overwrite) as writer:
         if writer.aside is not None:
             note(f"the run {'replaced' if overwrite else 'an --overwrite replaced'} is kept in {writer.aside} until "

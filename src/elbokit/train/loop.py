@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from elbokit.config import RunConfig
 from elbokit.data import Dataset
+from elbokit.distributed import any_rank, rank_device, world
 from elbokit.errors import TrainingDiverged
 from elbokit.estimators._weights import check_data
 from elbokit.models.base import Guide, LatentModel
@@ -162,8 +163,11 @@ def fit(
     """
     latent = cast(LatentModel, model)
     config.validate()  # a config changed after construction is checked again
-    summary_writer = _summary_writer_class() if config.tensorboard and out is not None else None
-    device = resolve_device(config.device)
+    w = world()
+    summary_writer = _summary_writer_class() if config.tensorboard and out is not None and w.main else None
+    device = resolve_device(rank_device(config.device))
+    if w.distributed and parse_schedule(config.anneal).kind == "freebits":
+        raise ValueError("free bits takes the KL per dimension over the whole minibatch: train it in one process")
     model.to(device)
     if isinstance(guide, nn.Module):
         guide.to(device)
@@ -197,7 +201,7 @@ def fit(
     if warning:
         warnings.warn(warning, stacklevel=2)
     dynamic = data.binarize == "dynamic"
-    if out is not None:
+    if out is not None and w.main:
         out.mkdir(parents=True, exist_ok=True)
     _set_training(model, guide, True)
 
@@ -217,14 +221,15 @@ def fit(
         epoch, position, step = int(s["epoch"]), int(s["position"]), int(s["step"])
         sums = dict(s["sums"])
         best, since_best = s.get("best"), int(s.get("since_best", 0))
-        history = _read_metrics(out, keep=epoch)
-        _read_steps(out, keep=step)
-    elif resume and out is not None:
+        history = _read_metrics(out, keep=epoch, rewrite=w.main)
+        _read_steps(out, keep=step, rewrite=w.main)
+    elif resume and out is not None and w.main:
         for name in (METRICS, STEPS, BEST):  # killed before its first checkpoint: start again
             (out / name).unlink(missing_ok=True)
 
     def save(where: str) -> None:
-        if out is None:
+        if out is None or not w.main:  # rank 0 alone writes
+            saved[0] = True
             return
         state = {
             "epoch": epoch, "position": position, "step": step, "sums": sums, "best": best,
@@ -259,9 +264,10 @@ def fit(
 
     # Per-step logs need somewhere to go; without them the steps read nothing back from the device.
     log_every = config.log_every if out is not None else None
-    progress = not config.quiet and sys.stderr.isatty()
+    progress = not config.quiet and sys.stderr.isatty() and not w.distributed
     stopped = "completed"
-    logging = _logs(out, config, summary_writer, resumed_at=step if checkpoint is not None else None)
+    logging = _logs(out if w.main else None, config, summary_writer,
+                    resumed_at=step if checkpoint is not None else None)  # fmt: skip
     with _stop_requests() as stop_requested, unvalidated(), logging as logs:
         while epoch < config.epochs:
             factor = lr_factor(config.lr_schedule, epoch, config.epochs)
@@ -273,23 +279,23 @@ def fit(
                        disable=not progress, leave=False, unit="step")  # fmt: skip
             started = time.perf_counter()
             while position < steps_per_epoch:
-                if stop_requested():
+                if any_rank(stop_requested(), device):  # the ranks stop together, at the same step
                     read_sums()
                     sums["seconds"] += time.perf_counter() - started
                     save("interrupted")
                     bar.close()
                     return FitResult(epoch, step, history, best, "interrupted")
                 index = order[position * config.batch_size : (position + 1) * config.batch_size]
+                shard = w.shard(index.shape[0])  # this rank's contiguous part of the global minibatch
+                rows = torch.arange(shard.start, shard.stop, device=index.device)
+                mine = index[shard.start : shard.stop]
                 logged = log_every is not None and (step + 1) % log_every == 0
                 before = train_step._sums[0].clone() if logged else None  # on the device: no read yet
-                if local:
-                    train_step(x_epoch[index], index=index)
-                else:
-                    train_step(x_epoch[index])
+                train_step(x_epoch[mine], index=mine if local else None, rows=rows, size=index.shape[0])
                 position += 1
                 step += 1
                 if before is not None:
-                    bound = float(train_step._sums[0] - before) / index.shape[0]  # the one read
+                    bound = train_step.logged_bound(before, index.shape[0])  # the one read
                     if not math.isfinite(bound):
                         read_sums()  # raises, naming the step and the term, when the guard caught it
                         raise TrainingDiverged(f"non-finite bound at step {step - 1} (epoch {epoch + 1}); {kept()}")
@@ -316,6 +322,7 @@ def fit(
                 "train_kl": sums["kl"] / n, "validation_bound": valid["bound"], "validation_elbo": valid["elbo"],
                 "validation_reconstruction": valid["reconstruction"], "validation_kl": valid["kl"],
                 "seconds": sums["seconds"], "examples_per_second": n / max(sums["seconds"], 1e-9),
+                "batch_size": config.batch_size, "processes": w.size,  # the global minibatch, over the ranks
             }  # fmt: skip
             history.append(record)
             if best is None or valid["bound"] > best:
@@ -325,7 +332,7 @@ def fit(
             epoch, position = epoch + 1, 0
             sums = {"bound": 0.0, "reconstruction": 0.0, "kl": 0.0, "seconds": 0.0}
             train_step.reset()
-            if out is not None:
+            if out is not None and w.main:
                 append_metrics(out / METRICS, record)
             logs.epoch(record)
             save("epoch")

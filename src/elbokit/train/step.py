@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from elbokit.config import RunConfig
+from elbokit.distributed import StepNoise, all_reduce, keyed, step_generator, supports_keyed, world
 from elbokit.distributions import unvalidated
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.objective import is_local, training_bound
@@ -84,6 +85,16 @@ class TrainStep:
         self.params, self.optimizer = list(params), optimizer
         self.step = step
         device = self.params[0].device if self.params else torch.device("cpu")
+        self.device = device
+        # The step as a module, so that in a process group DistributedDataParallel sees the forward pass and
+        # averages the gradients over the ranks (each rank's loss scaled by its share of the global batch).
+        self.objective: torch.nn.Module = _Objective(model, guide, config, schedule, self.params)
+        if world().distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            # The buffers (p(z)'s parameters, a count likelihood's library) are equal on every rank: no syncing
+            self.objective = DistributedDataParallel(self.objective, device_ids=ids, forward_sync_buffers=False)
         self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # bound, reconstruction, KL
         # The guard: the smallest 8 * step + code over the non-finite terms so far (_NEVER while all is finite),
         # so the first bad step, and its first bad term in _TERMS order, come out of one minimum per step.
@@ -91,11 +102,20 @@ class TrainStep:
         self._first_bad = torch.full((), _NEVER, dtype=torch.int64, device=device)
         self._no_norm = torch.zeros((), device=device)
 
-    def __call__(self, x: Tensor, index: Tensor | None = None) -> None:
+    def __call__(self, x: Tensor, index: Tensor | None = None, *, rows: Tensor | None = None,
+                 size: int | None = None) -> None:  # fmt: skip
         """One step on the minibatch ``x``; ``index``: its points' positions in the training set, for a local
-        guide (one q per training point, :func:`is_local`), whose q of those points is then used."""
-        guide = self.guide if index is None else _Selected(self.guide, index)
-        bound, loss, _beta = training_bound(self.model, guide, x, self.config, self.schedule, self.step)
+        guide (one q per training point, :func:`is_local`), whose q of those points is then used.
+
+        In a process group x is this rank's part of a global minibatch of ``size`` points, the part's positions
+        in it ``rows``: the step's noise is drawn for the global minibatch (:class:`elbokit.distributed.
+        StepNoise`) so that each point gets the same draw on any number of ranks."""
+        size = x.shape[0] if size is None else size
+        if rows is None:
+            rows = torch.arange(x.shape[0], device=self.device)
+        noise = StepNoise(step_generator(self.config.seed, self.step, self.device), rows, size)
+        scale = x.shape[0] * world().size / size  # DDP averages the ranks' gradients: the global batch mean
+        loss, terms = self.objective(x, index, noise, self.step, scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip is not None:
@@ -103,8 +123,7 @@ class TrainStep:
         else:
             norm = self._no_norm
         with torch.no_grad():
-            terms = [bound.value.sum(), bound.reconstruction.sum(), bound.kl.sum(), loss, norm]
-            parts = torch.stack([t.to(loss.dtype) for t in terms])
+            parts = torch.cat([terms.to(loss.dtype), loss.detach().reshape(1), norm.to(loss.dtype).reshape(1)])
             self._sums += parts[:3]
             keys = torch.where(torch.isfinite(parts[1:]), _NEVER, self._codes + 8 * self.step)
             torch.minimum(self._first_bad, keys.min(), out=self._first_bad)
@@ -112,17 +131,65 @@ class TrainStep:
         self.step += 1
 
     def read(self) -> tuple[float, float, float]:
-        """The sums of the bound, reconstruction and KL so far (one read from the device); NonFiniteStep if a
-        step's loss or gradient was not finite."""
-        first_bad, sums = int(self._first_bad), self._sums.tolist()
+        """The sums of the bound, reconstruction and KL so far (one read from the device; in a process group,
+        over all ranks' points); NonFiniteStep if a step's loss or gradient was not finite on some rank."""
+        first_bad_t, sums_t = self._first_bad.clone(), self._sums.clone()
+        all_reduce(first_bad_t, "min")
+        all_reduce(sums_t, "sum")
+        first_bad, sums = int(first_bad_t), sums_t.tolist()
         if first_bad != _NEVER:
             raise NonFiniteStep(first_bad // 8, _TERMS[first_bad % 8])
         return sums[0], sums[1], sums[2]
 
     def reset(self, sums: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         """Start the sums from ``sums`` (zero at an epoch's start; a resumed run's saved sums mid-epoch, so that
-        they add up in the same order as in an uninterrupted run)."""
-        self._sums.copy_(torch.tensor(sums, dtype=torch.float64))
+        they add up in the same order as in an uninterrupted run; rank 0 holds them, the others start at 0)."""
+        start = sums if world().main else (0.0, 0.0, 0.0)
+        self._sums.copy_(torch.tensor(start, dtype=torch.float64))
+
+    def logged_bound(self, before: Tensor, points: int) -> float:
+        """The mean bound of the global minibatch of the step just taken, from the sums ``before`` it."""
+        delta = all_reduce((self._sums[0] - before).reshape(1), "sum")
+        return float(delta) / points
+
+
+class _Objective(torch.nn.Module):
+    """One step's loss and the sums of its bound's terms, as a module (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: LatentModel, guide: Guide, config: RunConfig, schedule: Schedule,
+                 params: Sequence[Tensor]) -> None:  # fmt: skip
+        super().__init__()
+        self.model_ = model if isinstance(model, torch.nn.Module) else None
+        self.guide_ = guide if isinstance(guide, torch.nn.Module) else None
+        self.__dict__["_model"], self.__dict__["_guide"] = model, guide
+        self.__dict__["_params"] = list(params)
+        self.config, self.schedule = config, schedule
+
+    def forward(self, x: Tensor, index: Tensor | None, noise: StepNoise, step: int,
+                scale: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+        if x.shape[0] == 0:  # a rank without points in a short last batch: a zero loss, so the ranks still meet
+            zero = sum((p.sum() * 0.0 for p in self.__dict__["_params"]), torch.zeros((), device=x.device))
+            return zero, torch.zeros(3, device=x.device)
+        guide = self.__dict__["_guide"]
+        guide = _Keyed(guide if index is None else _Selected(guide, index), noise)
+        bound, loss, _beta = training_bound(self.__dict__["_model"], guide, x, self.config, self.schedule, step)
+        terms = torch.stack([bound.value.sum(), bound.reconstruction.sum(), bound.kl.sum()]).detach()
+        return loss * scale, terms
+
+
+class _Keyed:
+    """A guide whose q draws from the step's noise (:func:`elbokit.distributed.keyed`); in a process group, a q
+    it cannot key is refused (its draws would depend on the rank)."""
+
+    def __init__(self, guide: Any, noise: StepNoise) -> None:
+        self.guide, self.noise = guide, noise
+
+    def __call__(self, x: Tensor) -> Distribution:
+        q: Distribution = self.guide(x)
+        if world().distributed and not supports_keyed(q):
+            raise ValueError(f"training on several processes draws z from noise keyed by the global minibatch, "
+                             f"which a {type(q).__name__} q cannot take yet: train it in one process")  # fmt: skip
+        return keyed(q, self.noise)
 
 
 class _Selected:

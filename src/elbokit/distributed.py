@@ -1,0 +1,342 @@
+r"""Several processes on ``torch.distributed``: the process group of a command, its launcher, and the noise that
+makes a run's answer independent of how many processes computed it.
+
+A command runs distributed when the environment names a process group (``WORLD_SIZE`` > 1 with ``RANK`` and
+``MASTER_ADDR``/``MASTER_PORT``, as ``torchrun`` sets them), or when ``--nproc N`` asks :func:`launch` to start N
+local processes with that environment. Each process joins the group (gloo on the CPU, NCCL where each rank has its
+own GPU), computes its part, and rank 0 alone writes files and prints.
+
+World-size invariance: every random draw of training is keyed by the global minibatch, not by the process. At
+each step all ranks seed one generator from (seed, step) and draw the noise of the *whole* global minibatch, and
+each rank keeps the rows of its own points (:class:`StepNoise`), so a point gets the same ε whichever rank
+holds it. The gradient is the global batch mean on every world size (each rank's loss is scaled by its share
+before DistributedDataParallel averages), so world sizes 1, 2 and 4 take the same steps up to the order of float
+additions. Evaluation shards whole batches, each seeded by its position, and sums them in batch order on rank 0:
+the same numbers as one process, bit for bit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+
+#: Seconds a collective may wait for a peer before the group gives up (a rank that died or hangs).
+DEFAULT_TIMEOUT = 120.0
+#: Seconds the launcher waits for the other ranks to exit on their own after one failed, before stopping them.
+GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the group: rank, world size, local rank (its GPU on its machine)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, count: int) -> range:
+        """The contiguous, unpadded part of ``range(count)`` this rank takes (the first ``count % size`` ranks one
+        more)."""
+        base, extra = divmod(count, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (self.rank < extra))
+
+
+_WORLD = World()
+
+
+def world() -> World:
+    """The group this process belongs to (rank 0 of 1 outside one)."""
+    return _WORLD
+
+
+def env_world() -> World | None:
+    """The group the environment names (torchrun's or :func:`launch`'s variables), or None."""
+    size = os.environ.get("WORLD_SIZE")
+    if size is None or int(size) <= 1:
+        return None
+    return World(int(os.environ.get("RANK", "0")), int(size), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_from_env(device: str = "auto") -> World:
+    """Join the process group the environment names (a no-op outside one): NCCL when CUDA is here and ``device``
+    allows it (each rank on ``cuda:LOCAL_RANK``), else gloo; the collectives time out after
+    ``$ELBOKIT_DIST_TIMEOUT`` seconds (default 120)."""
+    global _WORLD
+    found = env_world()
+    if found is None:
+        return _WORLD
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device != "cpu"
+        if cuda:
+            torch.cuda.set_device(found.local_rank)
+        timeout = datetime.timedelta(seconds=float(os.environ.get("ELBOKIT_DIST_TIMEOUT", DEFAULT_TIMEOUT)))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    _WORLD = found
+    return _WORLD
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    global _WORLD
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _WORLD = World()
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """This process works by itself for the block (its own share of a sharded job: one run of a sweep): world()
+    is a single process there, and nothing inside waits for the other ranks."""
+    global _WORLD
+    outer, _WORLD = _WORLD, World()
+    try:
+        yield
+    finally:
+        _WORLD = outer
+
+
+def rank_device(name: str) -> str:
+    """A rank's device: ``auto`` or ``cuda`` become ``cuda:LOCAL_RANK`` in a group where CUDA is present."""
+    w = world()
+    if w.distributed and name in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{w.local_rank}"
+    return name
+
+
+# ---- collectives --------------------------------------------------------------------------------------------
+def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
+    """``t`` reduced over the group in place (sum, min or max); ``t`` itself outside a group."""
+    if world().distributed:
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+        dist.all_reduce(t, op=ops[op])
+    return t
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (on every rank); ``[value]`` outside a group."""
+    if not world().distributed:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world().size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
+    """Whether ``flag`` holds on some rank (every rank gets the same answer)."""
+    if not world().distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    return bool(all_reduce(t, "max").item())
+
+
+def barrier() -> None:
+    if world().distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---- noise keyed by the global minibatch ----------------------------------------------------------------------
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of one training step's draws: a function of (seed, step) alone, on the step's device."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4 + 2)
+
+
+class StepNoise:
+    """One step's standard-normal noise over the global minibatch of ``size`` points, of which this rank holds
+    ``rows``: each draw of shape (*S, B_local, *event) is cut from one of shape (*S, size, *event), drawn from
+    ``generator`` in the same order on every rank."""
+
+    def __init__(self, generator: torch.Generator, rows: Tensor, size: int) -> None:
+        self.generator, self.rows, self.size = generator, rows, size
+
+    def standard_normal(self, sample_shape: torch.Size, batch_event: torch.Size, like: Tensor) -> Tensor:
+        shape = (*sample_shape, self.size, *batch_event[1:])
+        eps = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=like.device)
+        if self.rows.numel() == self.size:
+            return eps
+        return eps.index_select(len(sample_shape), self.rows)
+
+
+def keyed(q: Distribution, noise: StepNoise) -> Distribution:
+    """``q`` with its draws (``rsample``, ``sample``) taken from ``noise``; its type, parameters and density
+    unchanged. Gaussian families (diagonal, full covariance) and flows over a diagonal Gaussian base; any other q
+    is returned as it is (its draws then follow torch's global generator)."""
+    from elbokit.guides import FlowDistribution
+
+    inner = q.base if isinstance(q, FlowDistribution) else q
+    if isinstance(inner, Independent) and isinstance(inner.base_dist, Normal):
+        inner = inner.base_dist
+    if isinstance(inner, Normal):
+        normal = inner
+
+        def rsample_normal(sample_shape: Sequence[int] = ()) -> Tensor:
+            shape = torch.Size(sample_shape)
+            eps = noise.standard_normal(shape, normal.loc.shape, normal.loc)
+            return normal.loc + normal.scale * eps
+
+        _override(normal, rsample_normal)
+    elif isinstance(inner, MultivariateNormal):
+        mvn = inner
+
+        def rsample_mvn(sample_shape: Sequence[int] = ()) -> Tensor:
+            shape = torch.Size(sample_shape)
+            eps = noise.standard_normal(shape, mvn.loc.shape, mvn.loc)
+            return mvn.loc + (mvn.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+        _override(mvn, rsample_mvn)
+    return q
+
+
+def supports_keyed(q: Distribution) -> bool:
+    """Whether :func:`keyed` can take ``q``'s draws from the step's noise."""
+    from elbokit.guides import FlowDistribution
+
+    inner = q.base if isinstance(q, FlowDistribution) else q
+    if isinstance(inner, Independent) and isinstance(inner.base_dist, Normal):
+        return True
+    return isinstance(inner, (Normal, MultivariateNormal))
+
+
+def _override(d: Distribution, rsample: Callable[..., Tensor]) -> None:
+    d.rsample = rsample  # type: ignore[method-assign]
+
+    def sample(sample_shape: Sequence[int] = ()) -> Tensor:
+        with torch.no_grad():
+            return rsample(sample_shape)
+
+    d.sample = sample  # type: ignore[method-assign]
+
+
+# ---- the launcher ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, argv: list[str], nproc: int, port: int, logs: str) -> None:
+    """One rank of :func:`launch`: the command's own ``main`` under the group's environment, its stderr kept in
+    ``logs`` for the launcher (which prints one line, from one rank)."""
+    os.environ.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    })  # fmt: skip
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")
+    sys.stderr = open(Path(logs) / f"rank{rank}.err", "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), 2)  # and what C++ (gloo) and helper processes write to the descriptor
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the command installs its own: the launcher forwards it
+    from elbokit.cli import main
+
+    code = main(argv)
+    sys.stderr.flush()
+    if code != 0:  # when: the launcher names the rank that failed first, not the peers that lost it after
+        (Path(logs) / f"rank{rank}.failed").write_text(str(time.monotonic_ns()))
+    sys.exit(code)
+
+
+def launch(argv: Sequence[str], nproc: int) -> int:
+    """Run the command ``argv`` in ``nproc`` local processes (ranks 0..nproc-1 of one group) and return its exit
+    status: 0 when every rank finished, else the status of the rank that failed (rank 0's where it failed too),
+    with one line on stderr naming the rank and its error. A SIGINT or SIGTERM to this process is passed to every
+    rank, which then stop together (a run checkpoints once)."""
+    from torch.multiprocessing.spawn import start_processes
+
+    with tempfile.TemporaryDirectory(prefix="elbokit-ranks-") as logs:
+        port = _free_port()
+        context = start_processes(_worker, args=(list(argv), nproc, port, logs), nprocs=nproc, join=False,
+                                     start_method="spawn")  # fmt: skip
+        processes = context.processes
+
+        def forward(signum: int, frame: object) -> None:
+            for p in processes:
+                if p.pid is not None and p.exitcode is None:
+                    os.kill(p.pid, signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        seen: dict[int, int] = {}  # rank -> when the launcher saw it exit non-zero (monotonic ns)
+        try:
+            failed_at: float | None = None
+            while any(p.exitcode is None for p in processes):
+                for r, p in enumerate(processes):
+                    if p.exitcode not in (None, 0) and r not in seen:
+                        seen[r] = time.monotonic_ns()
+                if failed_at is None and seen:
+                    failed_at = time.monotonic()
+                if failed_at is not None and time.monotonic() - failed_at > GRACE:
+                    for p in processes:  # blocked in a collective with the rank that failed: stop them
+                        if p.exitcode is None:
+                            p.terminate()
+                    break
+                time.sleep(0.05)
+            for p in processes:
+                p.join(timeout=10)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        codes = [p.exitcode if p.exitcode is not None else -9 for p in processes]
+        errors = [(Path(logs) / f"rank{r}.err").read_text(errors="replace") for r in range(nproc)]
+        when = {}
+        for r, code in enumerate(codes):
+            if code != 0:
+                marker = Path(logs) / f"rank{r}.failed"
+                reported = int(marker.read_text()) if marker.exists() else None
+                when[r] = min(t for t in (reported, seen.get(r)) if t is not None) if r in seen or reported else 0
+    if all(code == 0 for code in codes):
+        sys.stderr.write(errors[0])
+        return 0
+    last = [next((line for line in reversed(e.splitlines()) if line.startswith("elbokit:")), "") for e in errors]
+    if all(code == codes[0] for code in codes) and all(line == last[0] for line in last):
+        rank = 0  # every rank failed alike (bad input, an interrupt): rank 0 says it
+    else:  # a rank killed by a signal (its peers then lose it), else the rank that failed first
+        killed = [r for r, code in enumerate(codes) if code < 0 and code != -signal.SIGTERM]
+        rank = killed[0] if killed else min((r for r in when if codes[r] != -signal.SIGTERM),
+                                            key=lambda r: (when[r], r), default=0)  # fmt: skip
+    code = codes[rank]
+    if rank == 0:
+        sys.stderr.write(errors[0])
+        return code if code > 0 else 1
+    lines = [line for line in errors[rank].splitlines() if line.startswith("elbokit:")]
+    if lines:
+        cause = lines[-1].removeprefix("elbokit: ").removeprefix("error: ")
+    elif code < 0:
+        cause = f"killed by signal {signal.Signals(-code).name}"
+    else:
+        cause = f"exited with status {code}"
+    print(f"elbokit: error: rank {rank} of {nproc} failed: {cause}", file=sys.stderr)
+    return code if code > 0 else 1
