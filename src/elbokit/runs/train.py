@@ -17,6 +17,7 @@ from elbokit.runs.run import Run, write_pictures
 from elbokit.train.checkpoint import CHECKPOINT
 from elbokit.train.loop import FitResult, fit, resolve_device
 from elbokit.train.records import check_resume
+from elbokit.train.schedules import parse_schedule
 
 #: What a resumed run may change (the others must equal the run's own).
 RESUMABLE = ("epochs", "quiet", "device", "log_every", "tensorboard")
@@ -84,6 +85,8 @@ def train_run(out: str | Path, config: RunConfig | None = None, *, resume: bool 
     else:
         config = absolute_data(config)
     resolve_device(config.device)
+    if world().distributed and parse_schedule(config.anneal).kind == "freebits":
+        raise ValueError("free bits takes the KL per dimension over the whole minibatch: train it in one process")
     if resume:
         check_data_file(out, config)
     data = load_data(config)

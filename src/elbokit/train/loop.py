@@ -65,6 +65,10 @@ from elbokit.train.schedules import check_reaches_target, lr_factor, parse_sched
 from elbokit.train.step import NonFiniteStep, TrainStep, is_local, local_parameters, make_optimizer, unvalidated
 
 
+#: In a process group the ranks agree on a stop request (one all-reduce) every this many steps, at the same step.
+STOP_EVERY = 10
+
+
 @dataclass
 class FitResult:
     """What ``fit`` did: epochs and steps completed, per-epoch metrics, and why it stopped."""
@@ -279,7 +283,7 @@ def fit(
                        disable=not progress, leave=False, unit="step")  # fmt: skip
             started = time.perf_counter()
             while position < steps_per_epoch:
-                if any_rank(stop_requested(), device):  # the ranks stop together, at the same step
+                if (not w.distributed or step % STOP_EVERY == 0) and any_rank(stop_requested(), device):
                     read_sums()
                     sums["seconds"] += time.perf_counter() - started
                     save("interrupted")
