@@ -64,7 +64,6 @@ from elbokit.train.records import TENSORBOARD_MISSING as TENSORBOARD_MISSING  # 
 from elbokit.train.schedules import check_reaches_target, lr_factor, parse_schedule
 from elbokit.train.step import NonFiniteStep, TrainStep, is_local, local_parameters, make_optimizer, unvalidated
 
-
 #: In a process group the ranks agree on a stop request (one all-reduce) every this many steps, at the same step.
 STOP_EVERY = 10
 
