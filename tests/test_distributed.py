@@ -162,3 +162,16 @@ def test_a_sharded_sweep_is_one_process_sweep(one: Path, tmp_path: Path) -> None
     drop = lambda rows: [{k: v for k, v in r.items() if k != "path"} for r in rows]  # noqa: E731
     assert drop(json.loads(single.stdout)) == drop(json.loads(sharded.stdout))
     assert json.loads((copy / "sweep.json").read_text())[2]["path"].endswith("beta-2")
+
+
+def test_under_torchrun_the_command_joins_the_group(one: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m elbokit.cli fit ...``: the ranks find the group in torchrun's environment;
+    rank 0 alone prints and writes."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "elbokit.cli", "fit",
+               *[a for a in FIT if a != "--quiet"], "--epochs", "2", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("done: 2 epochs") == 1  # one rank printed
+    _assert_close(one, out)

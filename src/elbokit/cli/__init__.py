@@ -7,6 +7,7 @@ Exit status: 0 done, 2 bad input or usage (a one-line message, no traceback), 1 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nproc = getattr(args, "nproc", 1)
         if distributed.env_world() is None and nproc > 1:  # start the ranks; each runs this command
             return distributed.launch(list(sys.argv[1:] if argv is None else argv), nproc)
-        distributed.init_from_env(getattr(args, "device", "auto"))
+        if distributed.init_from_env(getattr(args, "device", "auto")).rank != 0:
+            sys.stdout = open(os.devnull, "w")
         try:
             return int(args.run_command(args))
         finally:
