@@ -1,7 +1,8 @@
 """Several processes on torch.distributed (gloo on the CPU): ``--nproc 2`` trains to the parameters one process
 reaches with the same global minibatch (up to the order of float additions), a two-process checkpoint resumes in
-one process, a sharded evaluation equals one process's bit for bit, and a rank that fails or dies ends the job
-with a non-zero status naming it, within seconds; a SIGINT to the launcher checkpoints once and stops every rank.
+one process, a sharded evaluation, diagnosis or sweep equals one process's bit for bit (at one thread per
+process), and a rank that fails or dies ends the job with a non-zero status naming it, within seconds; a SIGINT
+to the launcher checkpoints once and stops every rank.
 
 The launcher runs as a subprocess (its ranks are spawned processes); faults are injected into the ranks by a
 ``sitecustomize`` module on their ``PYTHONPATH``, which patches the training step of the rank named by
@@ -84,6 +85,17 @@ def test_sharded_evaluation_is_one_process_evaluation_bit_for_bit(one: Path) -> 
     single, sharded = _elbokit(args), _elbokit([*args, "--nproc", "2"])
     assert single.returncode == 0 and sharded.returncode == 0, sharded.stderr
     assert json.loads(single.stdout) == json.loads(sharded.stdout)
+
+
+def test_sharded_diagnosis_is_one_process_diagnosis(one: Path, tmp_path: Path) -> None:
+    """Two chunks of 100 points on two ranks: every figure as one process computes it (same threads per process)."""
+    args = ["diagnose", str(one), "--k", "30", "--limit", "150", "--json", "--refine-steps", "10"]
+    single, sharded = _elbokit(args), _elbokit([*args, "--nproc", "2"])
+    assert single.returncode == 0 and sharded.returncode == 0, sharded.stderr
+    a, b = json.loads(single.stdout), json.loads(sharded.stdout)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    assert a["n"] == 150 and len(a["points"]["log_px"]) == 150
 
 
 def _inject(tmp_path: Path, body: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from elbokit.cli._args import _positive_int, add_checkpoint, add_device, check_duration, warnings_to_stderr
+from elbokit.cli.fit_flags import add_nproc_flag
 
 if TYPE_CHECKING:
     from elbokit.diagnostics import Diagnosis
@@ -33,6 +34,7 @@ def add_command(commands: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_device(p)
     add_checkpoint(p)
+    add_nproc_flag(p)
     p.set_defaults(run_command=run)
 
 

@@ -241,16 +241,29 @@ def iwae_curve(
         raise ValueError(f"repeats must be >= 2 to estimate a standard error, got {repeats}")
     for k in ks:
         check_positive_int("k", k)
-    points = []
+    sums = iwae_sums(model, guide, x, ks, repeats=repeats)
+    return curve_from_sums(sums, x.shape[0], repeats)
+
+
+def iwae_sums(model: LatentModel, guide: Guide, x: Tensor, ks: tuple[int, ...], *, repeats: int) -> dict[int, Tensor]:
+    """For each k, the sum over the points of x of IWAE_k, once per repeat: (repeats,) float64 on the CPU. The
+    sums of several batches add up to the whole set's (:func:`curve_from_sums`), as :func:`iwae_curve` of it."""
+    out = {}
     with torch.no_grad():
         prior = model_prior(model)
         q = guide_distribution(model, guide, x, prior)
         for k in ks:
-            draws = torch.stack(
-                [
-                    log_mean_exp(log_weights(model, q, x, k, path="score", prior=prior).log_w).mean()
-                    for _ in range(repeats)
-                ]
-            )  # (repeats,)
-            points.append(CurvePoint(k, float(draws.mean()), float(draws.std() / math.sqrt(repeats))))
+            out[k] = torch.stack([
+                log_mean_exp(log_weights(model, q, x, k, path="score", prior=prior).log_w).double().sum()
+                for _ in range(repeats)
+            ]).cpu()  # fmt: skip
+    return out
+
+
+def curve_from_sums(sums: dict[int, Tensor], n: int, repeats: int) -> list[CurvePoint]:
+    """The IWAE curve of ``n`` points from their per-repeat sums (:func:`iwae_sums`)."""
+    points = []
+    for k, total in sums.items():
+        draws = total / n  # (repeats,): the point-averaged bound of each repeat
+        points.append(CurvePoint(k, float(draws.mean()), float(draws.std() / math.sqrt(repeats))))
     return points

@@ -136,7 +136,7 @@ class Run:
                      reference=reference, seed=seed)  # fmt: skip
         d = dataclasses.replace(d, run=str(self.path), split=split, epoch=self.state.get("epoch"),
                                 step=self.state.get("step"))  # fmt: skip
-        if save:
+        if save and world().main:  # in a process group, rank 0 writes
             write_json(self.path / DIAGNOSTICS, d.to_dict())
         return d
 
