@@ -18,6 +18,7 @@ the same numbers as one process, bit for bit.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import signal
 import socket
@@ -107,6 +108,10 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # DistributedDataParallel's reducer sits in reference cycles: collected now, while the interpreter is
+        # whole, its pending gloo work is released before the group goes; left to interpreter shutdown, gloo's
+        # threads can free tensors after Python is gone and abort the process (SIGABRT) after a good run.
+        gc.collect()
         dist.destroy_process_group()
     _WORLD = World()
 
