@@ -6,6 +6,7 @@ The whole public API::
     from elbokit.models import LinearGaussian
 
     ek.elbo(model, guide, x, samples=1, kl="auto", beta=1.0, gradient="reparam")  # -> Bound
+    ek.global_elbo(model, q_w, x, y, num_data=N, samples=1)  # one w for all points -> GlobalBound
     ek.iwae(model, guide, x, k=50, gradient="reparam" | "stl" | "dreg")        # -> Bound
     ek.log_marginal(model, guide, x, k=5000)                                   # -> Estimate
     ek.gradient_variance(model, guide, x, params=...)                          # -> {name: GradientStats}
@@ -22,9 +23,18 @@ from typing import TYPE_CHECKING, Any
 from elbokit import data
 from elbokit import distributions as _distributions  # noqa: F401  (registers extra KL pairs)
 from elbokit.config import RunConfig
-from elbokit.estimators import elbo, gradient_variance, iwae, iwae_bound, log_marginal, log_weights
+from elbokit.estimators import (
+    GlobalBound,
+    elbo,
+    global_elbo,
+    gradient_variance,
+    iwae,
+    iwae_bound,
+    log_marginal,
+    log_weights,
+)
 from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian, NonAmortizedGaussian
-from elbokit.models import VAE, FixedGuide, Guide, LatentModel, LinearGaussian
+from elbokit.models import VAE, BayesianLinearRegression, FixedGuide, Guide, LatentModel, LinearGaussian
 from elbokit.types import Bound, Estimate, GradientStats
 
 if TYPE_CHECKING:
@@ -46,10 +56,12 @@ __all__ = [
     "VAE",
     "AmortizedFlow",
     "AmortizedGaussian",
+    "BayesianLinearRegression",
     "Bound",
     "Estimate",
     "FitResult",
     "FixedGuide",
+    "GlobalBound",
     "GradientStats",
     "Guide",
     "LatentModel",
@@ -63,6 +75,7 @@ __all__ = [
     "data",
     "elbo",
     "fit",
+    "global_elbo",
     "gradient_variance",
     "iwae",
     "iwae_bound",

@@ -1,6 +1,7 @@
 """Latent-variable models: the protocols, the exact linear-Gaussian reference, VAEs and their likelihoods."""
 
 from elbokit.models.base import FixedGuide, Guide, LatentModel
+from elbokit.models.bayes_linear import BayesianLinearRegression
 from elbokit.models.counts import (
     CountLikelihood,
     NegativeBinomialMean,
@@ -23,6 +24,7 @@ from elbokit.models.vae import VAE
 __all__ = [
     "LIKELIHOODS",
     "VAE",
+    "BayesianLinearRegression",
     "Bernoulli",
     "ContinuousBernoulli",
     "CountLikelihood",
