@@ -19,7 +19,7 @@ from scipy import sparse
 
 from elbokit.data import PBMC_SHAPE, DataError, Dataset, load, pbmc_folders
 from elbokit.data.base import SUPPORTS, infer_support
-from elbokit.data.counts import PBMC_TOTAL
+from elbokit.data.pbmc import PBMC_TOTAL
 
 CELLS, GENES = 10, 4
 COUNTS = np.random.default_rng(0).poisson(3.0, size=(CELLS, GENES)).astype(np.int64)  # (cells, genes)

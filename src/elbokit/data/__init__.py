@@ -13,6 +13,7 @@ raise :class:`DataError` (a ``ValueError``) with a one-line message naming the f
 """
 
 from elbokit.data.base import DataError, Dataset
+from elbokit.data.counts import CountMatrix, load_h5ad, load_mtx, read_h5ad, read_mtx
 from elbokit.data.fetch import MNIST_FILES, MNIST_MIRROR, cache_root, download
 from elbokit.data.files import load_file
 from elbokit.data.idx import BINARIZE_EVAL_SEED, FASHION_MNIST_DIR, read_idx
@@ -22,16 +23,7 @@ from elbokit.data.registry import available, load, register
 from elbokit.data.small import synthetic_model
 
 # After small: pbmc is listed last.
-from elbokit.data.counts import (  # isort: skip
-    PBMC_SHAPE,
-    CountMatrix,
-    load_h5ad,
-    load_mtx,
-    pbmc_folders,
-    read_h5ad,
-    read_mtx,
-    read_rdb,
-)
+from elbokit.data.pbmc import PBMC_SHAPE, pbmc_folders, read_rdb  # isort: skip
 
 __all__ = [
     "BINARIZE_EVAL_SEED",

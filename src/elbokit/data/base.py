@@ -201,3 +201,9 @@ def check_finite(x: np.ndarray, where: str, lines: list[int] | None = None) -> N
         row = int(bad.any(axis=1).argmax())
         at = f"row {row}" if lines is None else f"row {row} (line {lines[row]})"
         raise DataError(f"{where}: {int(bad.sum())} NaN or inf values, the first in {at}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type where it has none): one line for a DataError."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -1,4 +1,5 @@
-r"""Count matrices, cells x genes (single-cell RNA-seq UMI counts): ``.h5ad`` and ``.mtx`` files, and ``pbmc``.
+r"""Count matrices, cells x genes (single-cell RNA-seq UMI counts): ``.h5ad`` and ``.mtx`` files (the real ``pbmc``
+matrix is in :mod:`elbokit.data.pbmc`).
 
 * ``.h5ad`` (AnnData, read by the optional ``anndata`` package: ``pip install 'elbokit[counts]'``): ``X``, dense or
   scipy sparse, or a named layer (``load(path, layer="counts")``). AnnData stores cells as rows (``obs``) and genes
@@ -12,27 +13,12 @@ r"""Count matrices, cells x genes (single-cell RNA-seq UMI counts): ``.h5ad`` an
 
 Either is densified to (N cells, D genes) float32, split by a seeded permutation ~80/10/10, and its ``support``
 inferred: ``"count"`` for non-negative integers (some > 1), ``"real"`` for non-integer or negative values.
-
-``pbmc`` is the 914 genes x 283 cells UMI matrix of peripheral blood mononuclear cells (10x Genomics) shipped as
-the example data of the R package sctransform (Hafemeister & Satija 2019), read from Debian's package
-``r-cran-sctransform`` without R: its lazy-load database ``data/Rdata.rdb`` with the index ``Rdata.rdx``.
-
-References:
-    C. Hafemeister, R. Satija. Normalization and variance stabilization of single-cell RNA-seq data using
-    regularized negative binomial regression. Genome Biology 20, 296 (2019).
 """
 
 from __future__ import annotations
 
-import bz2
 import gzip
-import lzma
-import re
-import struct
-import sys
-import warnings
 import zlib
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,44 +30,14 @@ from elbokit.data.base import (
     Dataset,
     as_float32,
     check_finite,
-    expand_user,
+    first_line,
     infer_support,
     permutation_split,
 )
-from elbokit.data.fetch import cache_root
-from elbokit.data.registry import register
 
 COUNTS_HOW_TO = "pip install 'elbokit[counts]'"
 
-PBMC_PACKAGE = "r-cran-sctransform"
-"""The Debian package whose R data holds ``pbmc``."""
-
-PBMC_SHAPE = (283, 914)
-"""(cells, genes) of ``pbmc``."""
-
-PBMC_TOTAL = 352_187
-"""The sum of all counts of ``pbmc`` (r-cran-sctransform 0.3.5)."""
-
-PBMC_TREE = Path("usr/lib/R/site-library/sctransform/data")
-"""Where ``Rdata.rdb`` lies inside the package's extracted tree (``dpkg -x r-cran-sctransform_*.deb DIR``)."""
-
-PBMC_SYSTEM_DIRS = (Path("/usr/lib/R/site-library/sctransform/data"), Path("/usr/lib/R/library/sctransform/data"))
-"""Where an installed r-cran-sctransform keeps its data (read at each load)."""
-
-PBMC_HOW_TO = (
-    f"run `make pbmc` (apt-get download {PBMC_PACKAGE} && dpkg -x r-cran-sctransform_*.deb "
-    f"{Path(sys.prefix) / 'share' / 'elbokit' / 'pbmc'}), apt-get install {PBMC_PACKAGE}, or pass --data-dir DIR "
-    "holding Rdata.rdb and Rdata.rdx (or the extracted package)"
-)
-
 _MTX_HEADER = "%%MatrixMarket"
-_RDB_CODECS: dict[bytes, Callable[[bytes], bytes]] = {
-    b"Z": lzma.decompress,
-    b"2": bz2.decompress,
-    b"1": zlib.decompress,
-    b"0": bytes,
-}
-# R's lazy-load records: compress=TRUE is zlib; compress=2 / 3 put a type byte first ('2' bzip2, 'Z' xz, '0' none)
 
 
 class CountMatrix(NamedTuple):
@@ -114,7 +70,7 @@ def read_h5ad(path: str | Path, *, layer: str | None = None) -> CountMatrix:
     try:
         adata = anndata.read_h5ad(path)
     except Exception as err:  # h5py and anndata raise many types (OSError, KeyError, AnnDataReadError, ...)
-        raise DataError(f"{path}: not a readable .h5ad file: {_first_line(err)}") from err
+        raise DataError(f"{path}: not a readable .h5ad file: {first_line(err)}") from err
     if layer is None:
         matrix, where = adata.X, f"{path}[X]"
         if matrix is None:
@@ -183,7 +139,7 @@ def read_mtx(path: str | Path) -> CountMatrix:
     try:
         matrix = scipy_io.mmread(path)
     except (ValueError, EOFError, OSError, zlib.error) as err:
-        raise DataError(f"{path}: malformed Matrix Market file: {_first_line(err)}") from err
+        raise DataError(f"{path}: malformed Matrix Market file: {first_line(err)}") from err
     except MemoryError as err:
         raise DataError(f"{path}: the matrix does not fit in memory") from err
     x = _dense(matrix.T, f"{path}")  # 10x: genes x cells -> cells x genes
@@ -202,7 +158,7 @@ def _first_text_line(path: Path) -> str:
         with _open_text(path) as f:
             return f.readline(200).rstrip("\r\n")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path}: {_first_line(err)}") from err
+        raise DataError(f"cannot read {path}: {first_line(err)}") from err
 
 
 def _open_text(path: Path) -> Any:
@@ -226,7 +182,7 @@ def _tsv_column(tsv: Path, expected: int, what: str, matrix: Path, *, column: in
         with _open_text(tsv) as f:
             lines = [line.rstrip("\r\n") for line in f]
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {tsv}: {_first_line(err)}") from err
+        raise DataError(f"cannot read {tsv}: {first_line(err)}") from err
     while lines and not lines[-1]:
         lines.pop()
     if len(lines) != expected:
@@ -276,154 +232,3 @@ def load_mtx(path: str | Path, *, seed: int = 0) -> Dataset:
     """A 10x Matrix Market file (genes x cells) as a Dataset of cells (see the module docstring)."""
     path = Path(path)
     return count_dataset(str(path), read_mtx(path), seed=seed, source=str(path.resolve()))
-
-
-# ---- pbmc ----------------------------------------------------------------------------------------------------
-def pbmc_folders(data_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> list[Path]:
-    """The folders searched for ``Rdata.rdb``, in order.
-
-    ``data_dir`` alone where given (itself, or the extracted package tree under it); else
-    ``<cache>/pbmc`` (``cache_dir``, ``$ELBOKIT_DATA`` or ``~/.cache/elbokit``), ``<sys.prefix>/share/elbokit/pbmc``
-    (where ``make pbmc`` extracts the package into the virtual environment), each as itself or holding the
-    extracted tree ``usr/lib/R/site-library/sctransform/data``; then :data:`PBMC_SYSTEM_DIRS`.
-    """
-    if data_dir is not None:
-        root = expand_user(data_dir)
-        return [root, root / PBMC_TREE]
-    roots = [cache_root(cache_dir) / "pbmc", Path(sys.prefix) / "share" / "elbokit" / "pbmc"]
-    return [folder for root in roots for folder in (root, root / PBMC_TREE)] + list(PBMC_SYSTEM_DIRS)
-
-
-@register("pbmc")
-def load_pbmc(*, data_dir: str | Path | None = None, seed: int = 0, cache_dir: str | Path | None = None) -> Dataset:
-    """283 peripheral blood mononuclear cells x 914 genes of UMI counts (10x Genomics), from sctransform's data.
-
-    Split by a permutation seeded by ``seed`` into 227 / 28 / 28 cells (~80/10/10); ``support`` is ``"count"``,
-    ``feature_names`` the genes and ``point_names`` the cell barcodes. The folders searched are
-    :func:`pbmc_folders`.
-
-    Raises:
-        DataError: ``Rdata.rdb`` / ``Rdata.rdx`` are in none of the folders (saying how to get them), the package
-            ``rdata`` is missing, or the files are corrupt.
-    """
-    folders = pbmc_folders(data_dir, cache_dir)
-    found = next((f for f in folders if (f / "Rdata.rdb").is_file() and (f / "Rdata.rdx").is_file()), None)
-    if found is None:
-        where = "data_dir " + str(folders[0]) if data_dir is not None else ", ".join(map(str, folders))
-        raise DataError(f"dataset 'pbmc': Rdata.rdb and Rdata.rdx not found in {where}; {PBMC_HOW_TO}")
-    matrix = read_rdb(found, "pbmc")
-    if not isinstance(matrix, _SparseCounts):
-        raise DataError(f"{found / 'Rdata.rdb'}: object 'pbmc' is not a dgCMatrix (got {type(matrix).__name__})")
-    counts = matrix.cells_by_genes(f"{found / 'Rdata.rdb'}[pbmc]")
-    version = _description_version(found.parent / "DESCRIPTION")
-    source = f"Debian {PBMC_PACKAGE} (R package sctransform {version}): object 'pbmc' of {found / 'Rdata.rdb'}"
-    return count_dataset("pbmc", counts, seed=seed, source=source)
-
-
-def _description_version(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(version unknown)"
-    found = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE)
-    return found.group(1) if found else "(version unknown)"
-
-
-class _SparseCounts(NamedTuple):
-    """An R ``dgCMatrix``: column-compressed (genes, cells), with ``Dimnames``."""
-
-    i: np.ndarray  # row index of each value, 0-based
-    p: np.ndarray  # (cells + 1,) column pointers
-    x: np.ndarray  # the non-zero values
-    dim: tuple[int, int]  # (genes, cells)
-    row_names: tuple[str, ...] | None
-    col_names: tuple[str, ...] | None
-
-    def cells_by_genes(self, where: str) -> CountMatrix:
-        from scipy import sparse
-
-        try:
-            genes_by_cells = sparse.csc_matrix((self.x, self.i, self.p), shape=self.dim)
-            genes_by_cells.check_format(full_check=True)
-        except (ValueError, TypeError) as err:
-            raise DataError(f"{where}: corrupt dgCMatrix: {_first_line(err)}") from err
-        return CountMatrix(_dense(genes_by_cells.T, where), self.col_names, self.row_names)
-
-
-def _dgcmatrix(obj: Any, attrs: Mapping[str, Any]) -> _SparseCounts:
-    """rdata's constructor for an R ``dgCMatrix`` (an S4 object whose slots are its attributes)."""
-    names = attrs.get("Dimnames") or [None, None]
-    dim = tuple(int(n) for n in np.asarray(attrs["Dim"]).ravel())
-    return _SparseCounts(
-        i=np.asarray(attrs["i"]),
-        p=np.asarray(attrs["p"]),
-        x=np.asarray(attrs["x"]),
-        dim=(dim[0], dim[1]),
-        row_names=None if names[0] is None else _strings(names[0]),
-        col_names=None if names[1] is None else _strings(names[1]),
-    )
-
-
-def read_rdb(folder: str | Path, name: str) -> Any:
-    """Object ``name`` of the R lazy-load database ``folder/Rdata.rdb`` (index ``Rdata.rdx``), without R.
-
-    The index is an RDS file (a serialized list: ``variables`` maps each name to its (offset, length) in the
-    ``.rdb``; ``compressed`` says how each record is compressed). A record is a 4-byte big-endian length of the
-    serialization, then its compressed bytes (zlib; for compress = 2 or 3 a type byte first: '2' bzip2, 'Z' xz,
-    '0' stored). A ``dgCMatrix`` comes back as a :class:`_SparseCounts`, other objects as rdata converts them.
-
-    Raises:
-        DataError: the package ``rdata`` is missing, ``name`` is not in the index, or a file is corrupt.
-    """
-    folder = Path(folder)
-    rdx, rdb = folder / "Rdata.rdx", folder / "Rdata.rdb"
-    try:
-        import rdata
-        from rdata.parser import parse_data
-    except ImportError as err:
-        raise DataError(f"reading R data ({rdb}) needs rdata: {COUNTS_HOW_TO}") from err
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # rdata warns of R classes it has no constructor for
-            index = rdata.read_rds(rdx)
-        variables = index["variables"]
-        compressed = int(np.asarray(index["compressed"]).ravel()[0])
-    except Exception as err:  # rdata raises many types on a corrupt file
-        raise DataError(f"{rdx}: not a readable R lazy-load index: {_first_line(err)}") from err
-    if name not in variables:
-        raise DataError(f"{rdx}: no object {name!r}; it holds {_names(variables)}")
-    offset, length = (int(v) for v in np.asarray(variables[name]).ravel()[:2])
-    try:
-        with open(rdb, "rb") as f:
-            f.seek(offset)
-            record = f.read(length)
-    except OSError as err:
-        raise DataError(f"cannot read {rdb}: {err.strerror or err}") from err
-    if len(record) != length or length < 5:
-        raise DataError(f"{rdb}: truncated: object {name!r} needs bytes {offset}..{offset + length}")
-    (size,) = struct.unpack(">I", record[:4])
-    codec: Callable[[bytes], bytes] | None = zlib.decompress
-    body = record[4:]
-    if compressed != 1:
-        codec, body = _RDB_CODECS.get(record[4:5]), record[5:]
-    if codec is None:
-        raise DataError(f"{rdb}: object {name!r}: unknown compression type {record[4:5]!r}")
-    try:
-        raw = codec(body)
-    except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as err:
-        raise DataError(f"{rdb}: object {name!r}: corrupt compressed record: {_first_line(err)}") from err
-    if len(raw) != size:
-        raise DataError(f"{rdb}: object {name!r}: {len(raw)} bytes after decompression, the record says {size}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = parse_data(raw, extension=".rds")
-            constructors = {**rdata.conversion.DEFAULT_CLASS_MAP, "dgCMatrix": _dgcmatrix}
-            return rdata.conversion.convert(parsed, constructors)
-    except Exception as err:  # rdata raises many types on a corrupt serialization
-        raise DataError(f"{rdb}: object {name!r}: not a readable R serialization: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__

@@ -24,7 +24,16 @@ import numpy as np
 from torch import Tensor
 
 from elbokit.data._csv import read_csv
-from elbokit.data.base import DataError, Dataset, as_float32, as_labels, check_finite, infer_support, permutation_split
+from elbokit.data.base import (
+    DataError,
+    Dataset,
+    as_float32,
+    as_labels,
+    check_finite,
+    first_line,
+    infer_support,
+    permutation_split,
+)
 
 SPLIT_KEYS: tuple[str, ...] = ("train", "validation", "test")
 _SUFFIXES = (".npy", ".npz", ".csv", ".h5ad", ".mtx")  # and .mtx.gz
@@ -71,7 +80,7 @@ def load_file(path: str | Path, *, seed: int = 0, layer: str | None = None) -> D
     if suffix in _MAGIC and not magic.startswith(_MAGIC[suffix]):
         raise DataError(f"not a {suffix} file (it does not start with {_MAGIC[suffix]!r}): {path}")
     if suffix in (".h5ad", ".mtx"):
-        from elbokit.data.counts import load_h5ad, load_mtx  # counts registers pbmc, so it imports the registry
+        from elbokit.data.counts import load_h5ad, load_mtx
 
         return load_h5ad(path, seed=seed, layer=layer) if suffix == ".h5ad" else load_mtx(path, seed=seed)
     if suffix == ".npz":
@@ -106,7 +115,7 @@ def _read_npy(f: IO[bytes], size: int, where: str) -> np.ndarray:
     except DataError:
         raise
     except (ValueError, EOFError) as err:
-        raise DataError(f"{where}: corrupt .npy header: {_first_line(err)}") from err
+        raise DataError(f"{where}: corrupt .npy header: {first_line(err)}") from err
     if dtype.hasobject:
         raise DataError(f"{where} holds Python objects (pickled); save a numeric array instead")
     if any(n < 0 for n in shape):
@@ -122,14 +131,9 @@ def _read_npy(f: IO[bytes], size: int, where: str) -> np.ndarray:
         f.seek(0)
         return np.lib.format.read_array(f, allow_pickle=False)
     except (ValueError, EOFError) as err:
-        raise DataError(f"{where}: truncated or corrupt: {_first_line(err)}") from err
+        raise DataError(f"{where}: truncated or corrupt: {first_line(err)}") from err
     except MemoryError as err:
         raise DataError(f"{where}: shape {shape} of {dtype} ({claimed:,} bytes) does not fit in memory") from err
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -181,7 +185,7 @@ def _load_npz(path: Path, *, seed: int) -> Dataset:
         archive_size = path.stat().st_size
         archive = zipfile.ZipFile(path)
     except _ZIP_ERRORS as err:
-        raise DataError(f"{path}: not a valid .npz (zip) archive: {_first_line(err)}") from err
+        raise DataError(f"{path}: not a valid .npz (zip) archive: {first_line(err)}") from err
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from err
     with archive:
@@ -234,7 +238,7 @@ def _npz_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: in
         with archive.open(info) as member:
             return _read_npy(member, size, where)
     except _ZIP_ERRORS as err:
-        raise DataError(f"{where}: corrupt archive member: {_first_line(err)}") from err
+        raise DataError(f"{where}: corrupt archive member: {first_line(err)}") from err
     except OSError as err:
         raise DataError(f"cannot read {where}: {err.strerror or err}") from err
 
