@@ -1,13 +1,9 @@
 """Latent-variable models: the protocols, the exact linear-Gaussian reference, VAEs and their likelihoods."""
 
+from elbokit.distributions.counts import NegativeBinomialMean, ZeroInflatedNegativeBinomial, nb_log_prob
 from elbokit.models.base import FixedGuide, Guide, LatentModel
 from elbokit.models.bayes_linear import BayesianLinearRegression
-from elbokit.models.counts import (
-    CountLikelihood,
-    NegativeBinomialMean,
-    ZeroInflatedNegativeBinomial,
-    nb_log_prob,
-)
+from elbokit.models.counts import CountLikelihood
 from elbokit.models.likelihoods import (
     LIKELIHOODS,
     Bernoulli,
