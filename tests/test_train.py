@@ -27,7 +27,7 @@ from elbokit.train import (
     save_checkpoint,
 )
 from elbokit.train import loop as loop_module
-from elbokit.train.loop import epoch_generator
+from elbokit.train.epochs import epoch_generator
 from elbokit.train.objective import _free_bits_kl
 from elbokit.train.schedules import burda_stage, lr_factor
 

@@ -12,7 +12,7 @@ from torch import nn
 from elbokit.config import AUTO_LIKELIHOOD, LIKELIHOOD_FOR_SUPPORT, RunConfig, parse_guide
 from elbokit.data import Dataset, load
 from elbokit.models import VAE, CountLikelihood
-from elbokit.train.loop import resolve_device
+from elbokit.train.epochs import resolve_device
 
 if TYPE_CHECKING:
     from elbokit.runs.run import Run

@@ -28,7 +28,7 @@ from elbokit.runs.build import build_model, check_data, load_data, training_poin
 from elbokit.runs.evaluation import Evaluation, evaluate
 from elbokit.runs.files import CONFIG, EVALUATION, check_data_file, read_description, write_json
 from elbokit.train.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_model_state
-from elbokit.train.loop import resolve_device
+from elbokit.train.epochs import resolve_device
 from elbokit.train.records import METRICS
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from elbokit.runs.build import load_data, new_model, resolve_likelihood
 from elbokit.runs.files import CONFIG, absolute_data, check_data_file, holds_run, writing_run
 from elbokit.runs.run import Run, write_pictures
 from elbokit.train.checkpoint import CHECKPOINT
-from elbokit.train.loop import FitResult, fit, resolve_device
+from elbokit.train.epochs import resolve_device
+from elbokit.train.loop import FitResult, fit
 from elbokit.train.records import check_resume
 from elbokit.train.schedules import parse_schedule
 

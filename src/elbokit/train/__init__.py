@@ -2,7 +2,8 @@
 
 from elbokit.errors import TrainingDiverged
 from elbokit.train.checkpoint import BEST, CheckpointError, load_checkpoint, load_model_state, save_checkpoint
-from elbokit.train.loop import FitResult, fit, resolve_device
+from elbokit.train.epochs import resolve_device
+from elbokit.train.loop import FitResult, fit
 from elbokit.train.objective import evaluate_bound, training_bound
 from elbokit.train.schedules import Schedule, check_reaches_target, parse_schedule
 
