@@ -15,6 +15,7 @@ Numerics tests run in float64 (set here as torch's default dtype).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import pytest
@@ -82,3 +83,26 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def stop_requested_after(steps: int) -> Iterator[None]:
+    """``elbokit.fit`` as if SIGINT arrived between step ``steps`` and the next (its stop check patched)."""
+    import elbokit.train.loop as loop_module
+
+    calls = {"n": 0}
+
+    def requested() -> bool:
+        calls["n"] += 1
+        return calls["n"] > steps
+
+    @contextmanager
+    def requests() -> Iterator[Callable[[], bool]]:
+        yield requested
+
+    original = loop_module._stop_requests
+    loop_module._stop_requests = requests  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        loop_module._stop_requests = original

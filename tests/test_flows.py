@@ -23,12 +23,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 import elbokit as ek
-from conftest import Z
+from conftest import Z, stop_requested_after
 from elbokit.cli import main
 from elbokit.config import GuideSpec, RunConfig, parse_guide
 from elbokit.guides import MISSING_ZUKO, FlowDistribution, MissingExtraError
 from elbokit.models import VAE, LinearGaussian
-from elbokit.train import loop as loop_module
 
 pytest.importorskip("zuko")
 
@@ -332,25 +331,14 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_cli_fit_with_a_flow_guide_resumes_bit_identical(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--guide flow:2``: stopped by a "signal" after step 10 (8 steps per epoch), then resumed with
     ``--resume``, the run ends with the parameters and optimizer state of an uninterrupted one, bit for bit."""
     assert main(["fit", *FIT, "--guide", "flow:2", "--out", str(tmp_path / "straight")]) == 0
     assert json.loads((tmp_path / "straight" / "config.json").read_text())["guide"] == "flow:2"
-    calls = {"n": 0}
-
-    def stop_after_10() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 10
-
-    @contextmanager
-    def requests() -> Iterator[Callable[[], bool]]:
-        yield stop_after_10
-
     run = tmp_path / "stopped"
-    with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "_stop_requests", requests)
+    with stop_requested_after(10):
         assert main(["fit", *FIT, "--guide", "flow:2", "--out", str(run)]) == 130
     assert "resume with" in capsys.readouterr().err
     assert json.loads((run / "state.json").read_text())["step"] == 10

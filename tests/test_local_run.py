@@ -6,8 +6,6 @@ is fitted by maximising that point's ELBO from the prior, so evaluate, diagnose 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,7 @@ from torch import Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 import elbokit as ek
-import elbokit.train.loop as loop_module
-from conftest import random_linear_gaussian
+from conftest import random_linear_gaussian, stop_requested_after
 from elbokit.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +35,7 @@ def _metrics(run: Path) -> list[dict[str, object]]:
 
 
 def test_fit_guide_local_trains_each_points_q_and_resumes_bit_identical(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     straight = tmp_path / "straight"
     assert main(["fit", *FIT, "--epochs", "3", "--out", str(straight)]) == 0
@@ -54,19 +51,8 @@ def test_fit_guide_local_trains_each_points_q_and_resumes_bit_identical(
     rows = _metrics(straight)
     assert rows[-1]["validation_elbo"] > rows[0]["validation_elbo"]  # type: ignore[operator]
 
-    calls = {"n": 0}
-
-    def stop_after_10() -> bool:  # a stop between steps 10 and 11, in the second epoch
-        calls["n"] += 1
-        return calls["n"] > 10
-
-    @contextmanager
-    def requests() -> Iterator[Callable[[], bool]]:
-        yield stop_after_10
-
     run = tmp_path / "stopped"
-    with monkeypatch.context() as patch:
-        patch.setattr(loop_module, "_stop_requests", requests)
+    with stop_requested_after(10):  # a stop between steps 10 and 11, in the second epoch
         assert main(["fit", *FIT, "--epochs", "3", "--out", str(run)]) == 130
     assert "resume with" in capsys.readouterr().err
     torch.manual_seed(999)  # everything must come from the checkpoint

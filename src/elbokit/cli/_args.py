@@ -101,3 +101,10 @@ def warnings_to_stderr() -> Iterator[None]:
         finally:
             for w in caught:
                 print(f"elbokit: warning: {w.message}", file=sys.stderr)
+
+
+def add_nproc_flag(p: argparse.ArgumentParser) -> None:
+    """``--nproc N``: the command in N local processes on torch.distributed (under torchrun: one per rank)."""
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="run on N local processes (torch.distributed: gloo, or NCCL with a GPU per rank); under "
+                   "torchrun the command joins its group instead")  # fmt: skip

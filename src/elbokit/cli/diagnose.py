@@ -7,8 +7,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from elbokit.cli._args import _positive_int, add_checkpoint, add_device, check_duration, warnings_to_stderr
-from elbokit.cli.fit_flags import add_nproc_flag
+from elbokit.cli._args import (
+    _positive_int,
+    add_checkpoint,
+    add_device,
+    add_nproc_flag,
+    check_duration,
+    warnings_to_stderr,
+)
 
 if TYPE_CHECKING:
     from elbokit.diagnostics import Diagnosis

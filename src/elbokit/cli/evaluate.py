@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from elbokit.cli._args import _positive_int, add_checkpoint, add_device, check_duration
-from elbokit.cli.fit_flags import add_nproc_flag
+from elbokit.cli._args import _positive_int, add_checkpoint, add_device, add_nproc_flag, check_duration
 from elbokit.config import PROPOSALS
 
 

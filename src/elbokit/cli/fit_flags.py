@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from elbokit.cli._args import UsageError, _int_list, _number, _positive_int
+from elbokit.cli._args import UsageError, _int_list, _number, _positive_int, add_nproc_flag
 from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
 
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
@@ -58,13 +58,6 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a("--overwrite", action="store_true", help="replace the run already in --out")
     a("--report", action="store_true", help="at the end, diagnose the run and write report.html")
     add_nproc_flag(p)
-
-
-def add_nproc_flag(p: argparse.ArgumentParser) -> None:
-    """``--nproc N``: the command in N local processes on torch.distributed (under torchrun: one per rank)."""
-    p.add_argument("--nproc", type=_positive_int, default=1,
-                   help="run on N local processes (torch.distributed: gloo, or NCCL with a GPU per rank); under "
-                   "torchrun the command joins its group instead")  # fmt: skip
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:

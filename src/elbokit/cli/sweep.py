@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from elbokit.cli._args import _number_list, _positive_int, add_device
-from elbokit.cli.fit_flags import add_nproc_flag
+from elbokit.cli._args import _number_list, _positive_int, add_device, add_nproc_flag
 
 SWEEP = "sweep"  # DIR/sweep/beta-B run folders and DIR/sweep.json
 
