@@ -14,7 +14,7 @@ from torch import Tensor, nn
 import elbokit as ek
 from elbokit.config import RunConfig
 from elbokit.models import VAE
-from elbokit.train.loop import epoch_generator
+from elbokit.train.epochs import epoch_generator
 from elbokit.train.schedules import parse_schedule
 from elbokit.train.step import TrainStep, make_optimizer, unvalidated
 
