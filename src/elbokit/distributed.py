@@ -174,9 +174,9 @@ def barrier() -> None:
 
 
 # ---- noise keyed by the global minibatch ----------------------------------------------------------------------
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The generator of one training step's draws: a function of (seed, step) alone, on the step's device."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4 + 2)
+def step_seed(seed: int, step: int) -> int:
+    """The seed of one training step's draws: a function of (seed, step) alone."""
+    return (seed * 1_000_003 + step) * 4 + 2
 
 
 class StepNoise:
@@ -184,13 +184,13 @@ class StepNoise:
     ``rows``: each draw of shape (*S, B_local, *event) is cut from one of shape (*S, size, *event), drawn from
     ``generator`` in the same order on every rank."""
 
-    def __init__(self, generator: torch.Generator, rows: Tensor, size: int) -> None:
-        self.generator, self.rows, self.size = generator, rows, size
+    def __init__(self, generator: torch.Generator, rows: Tensor | None, size: int) -> None:
+        self.generator, self.rows, self.size = generator, rows, size  # rows None: this rank holds all of them
 
     def standard_normal(self, sample_shape: torch.Size, batch_event: torch.Size, like: Tensor) -> Tensor:
         shape = (*sample_shape, self.size, *batch_event[1:])
         eps = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=like.device)
-        if self.rows.numel() == self.size:
+        if self.rows is None or self.rows.numel() == self.size:
             return eps
         return eps.index_select(len(sample_shape), self.rows)
 

@@ -236,7 +236,7 @@ def fit(
                     return FitResult(epoch, step, history, best, "interrupted")
                 index = order[position * config.batch_size : (position + 1) * config.batch_size]
                 shard = w.shard(index.shape[0])  # this rank's contiguous part of the global minibatch
-                rows = torch.arange(shard.start, shard.stop, device=index.device)
+                rows = torch.arange(shard.start, shard.stop, device=index.device) if w.distributed else None
                 mine = index[shard.start : shard.stop]
                 logged = log_every is not None and (step + 1) % log_every == 0
                 before = train_step._sums[0].clone() if logged else None  # on the device: no read yet

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from elbokit.config import RunConfig
-from elbokit.distributed import StepNoise, all_reduce, keyed, step_generator, supports_keyed, world
+from elbokit.distributed import StepNoise, all_reduce, keyed, step_seed, supports_keyed, world
 from elbokit.distributions import unvalidated
 from elbokit.models.base import Guide, LatentModel
 from elbokit.train.objective import is_local, training_bound
@@ -86,6 +86,7 @@ class TrainStep:
         self.step = step
         device = self.params[0].device if self.params else torch.device("cpu")
         self.device = device
+        self._generator = torch.Generator(device=device)  # re-seeded each step from (seed, step)
         # The step as a module, so that in a process group DistributedDataParallel sees the forward pass and
         # averages the gradients over the ranks (each rank's loss scaled by its share of the global batch).
         self.objective: torch.nn.Module = _Objective(model, guide, config, schedule, self.params)
@@ -111,11 +112,12 @@ class TrainStep:
         in it ``rows``: the step's noise is drawn for the global minibatch (:class:`elbokit.distributed.
         StepNoise`) so that each point gets the same draw on any number of ranks."""
         size = x.shape[0] if size is None else size
-        if rows is None:
-            rows = torch.arange(x.shape[0], device=self.device)
-        noise = StepNoise(step_generator(self.config.seed, self.step, self.device), rows, size)
+        self._generator.manual_seed(step_seed(self.config.seed, self.step))
+        noise = StepNoise(self._generator, rows, size)
         scale = x.shape[0] * world().size / size  # DDP averages the ranks' gradients: the global batch mean
-        loss, terms = self.objective(x, index, noise, self.step, scale)
+        # One process: the step's function itself (no module-call hooks on the hot path); DDP needs its forward.
+        objective = self.objective if world().distributed else self.objective.forward
+        loss, terms = objective(x, index, noise, self.step, scale)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip is not None:
@@ -123,7 +125,8 @@ class TrainStep:
         else:
             norm = self._no_norm
         with torch.no_grad():
-            parts = torch.cat([terms.to(loss.dtype), loss.detach().reshape(1), norm.to(loss.dtype).reshape(1)])
+            terms = [*terms, loss, norm]
+            parts = torch.stack([t.to(loss.dtype) for t in terms])
             self._sums += parts[:3]
             keys = torch.where(torch.isfinite(parts[1:]), _NEVER, self._codes + 8 * self.step)
             torch.minimum(self._first_bad, keys.min(), out=self._first_bad)
@@ -166,15 +169,15 @@ class _Objective(torch.nn.Module):
         self.config, self.schedule = config, schedule
 
     def forward(self, x: Tensor, index: Tensor | None, noise: StepNoise, step: int,
-                scale: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+                scale: float) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:  # fmt: skip
         if x.shape[0] == 0:  # a rank without points in a short last batch: a zero loss, so the ranks still meet
             zero = sum((p.sum() * 0.0 for p in self.__dict__["_params"]), torch.zeros((), device=x.device))
-            return zero, torch.zeros(3, device=x.device)
+            return zero, (zero.detach(),) * 3
         guide = self.__dict__["_guide"]
         guide = _Keyed(guide if index is None else _Selected(guide, index), noise)
         bound, loss, _beta = training_bound(self.__dict__["_model"], guide, x, self.config, self.schedule, step)
-        terms = torch.stack([bound.value.sum(), bound.reconstruction.sum(), bound.kl.sum()]).detach()
-        return loss * scale, terms
+        terms = (bound.value.sum(), bound.reconstruction.sum(), bound.kl.sum())
+        return (loss if scale == 1.0 else loss * scale), terms
 
 
 class _Keyed:
