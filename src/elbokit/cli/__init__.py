@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         nproc = getattr(args, "nproc", 1)
         if distributed.env_world() is None and nproc > 1:  # start the ranks; each runs this command
-            return distributed.launch(list(sys.argv[1:] if argv is None else argv), nproc)
+            from elbokit.cli.launch import launch
+
+            return launch(list(sys.argv[1:] if argv is None else argv), nproc)
         if distributed.init_from_env(getattr(args, "device", "auto")).rank != 0:
             sys.stdout = open(os.devnull, "w")
         try:
