@@ -27,7 +27,7 @@ install: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet --no-warn-conflicts -e '.[counts]'
 
 install-dev: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro,counts]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro,counts,tables]'
 
 # The real count matrix `pbmc` (914 genes x 283 cells of UMI counts) is the example data of the R package
 # sctransform, in Debian's r-cran-sctransform: its .deb is downloaded and unpacked (no root, no R) into the

@@ -101,12 +101,46 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        store = _default_store()
         # DistributedDataParallel's reducer sits in reference cycles: collected now, while the interpreter is
         # whole, its pending gloo work is released before the group goes; left to interpreter shutdown, gloo's
         # threads can free tensors after Python is gone and abort the process (SIGABRT) after a good run.
         gc.collect()
         dist.destroy_process_group()
+        if store is not None and _WORLD.distributed:
+            _leave_in_order(store, _WORLD)
     _WORLD = World()
+
+
+#: Seconds rank 0 waits at the end for the other ranks to have left the group.
+LEAVE_TIMEOUT = 10.0
+
+
+def _default_store() -> Any:
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # an older or newer torch without it: leave in any order
+        return None
+
+
+def _leave_in_order(store: Any, w: World) -> None:
+    """Rank 0 leaves last: it hosts the group's store (``--nproc``), which the other ranks' connections need
+    until they have closed their own part of the group; a rank whose peer vanished while it was closing could
+    abort. Each other rank counts itself out on the store; rank 0 waits for the count (at most
+    :data:`LEAVE_TIMEOUT` seconds, for a rank that died)."""
+    import time
+
+    try:
+        if not w.main:
+            store.add("elbokit/left", 1)
+            return
+        deadline = time.monotonic() + LEAVE_TIMEOUT
+        while store.add("elbokit/left", 0) < w.size - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    except Exception:  # the store already gone (its host died): nothing left to wait for
+        pass
 
 
 @contextmanager

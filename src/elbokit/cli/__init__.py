@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from elbokit.cli import data, diagnose, evaluate, fit, linear_gaussian, report, sample, sweep
 from elbokit.cli._args import UsageError, _Parser
@@ -61,3 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["build_parser", "main"]
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with ``code``. A rank of a process group (whose group :func:`main` has already left) exits at once
+    after flushing its output: interpreter shutdown would tear down torch.distributed's remaining threads and
+    sockets in no fixed order, which can abort a process (SIGABRT) after its work is done."""
+    from elbokit.distributed import env_world
+
+    if env_world() is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def entry() -> NoReturn:
+    """The ``elbokit`` command (and ``python -m elbokit.cli``)."""
+    leave(main())

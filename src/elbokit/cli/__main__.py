@@ -1,5 +1,3 @@
-import sys
+from elbokit.cli import entry
 
-from elbokit.cli import main
-
-sys.exit(main())
+entry()

@@ -38,13 +38,13 @@ def _worker(rank: int, argv: list[str], nproc: int, port: int, logs: str) -> Non
     sys.stderr = open(Path(logs) / f"rank{rank}.err", "w", buffering=1)
     os.dup2(sys.stderr.fileno(), 2)  # and what C++ (gloo) and helper processes write to the descriptor
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the command installs its own: the launcher forwards it
-    from elbokit.cli import main
+    from elbokit.cli import leave, main
 
     code = main(argv)
     sys.stderr.flush()
     if code != 0:  # when: the launcher names the rank that failed first, not the peers that lost it after
         (Path(logs) / f"rank{rank}.failed").write_text(str(time.monotonic_ns()))
-    sys.exit(code)
+    leave(code)
 
 
 def launch(argv: Sequence[str], nproc: int) -> int:
@@ -111,8 +111,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     lines = [line for line in errors[rank].splitlines() if line.startswith("elbokit:")]
     if lines:
         cause = lines[-1].removeprefix("elbokit: ").removeprefix("error: ")
-    elif code < 0:
-        cause = f"killed by signal {signal.Signals(-code).name}"
+    elif code < 0:  # with the last thing it said (a C++ abort's message), where it said anything
+        said = [line.strip() for line in errors[rank].splitlines() if line.strip()]
+        cause = f"killed by signal {signal.Signals(-code).name}" + (f" ({said[-1][:200]})" if said else "")
     else:
         cause = f"exited with status {code}"
     print(f"elbokit: error: rank {rank} of {nproc} failed: {cause}", file=sys.stderr)
