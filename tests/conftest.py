@@ -100,9 +100,11 @@ def stop_requested_after(steps: int) -> Iterator[None]:
     def requests() -> Iterator[Callable[[], bool]]:
         yield requested
 
-    original = loop_module._stop_requests
-    loop_module._stop_requests = requests  # type: ignore[assignment]
+    import elbokit.train.bnn as bnn_module
+
+    originals = (loop_module._stop_requests, bnn_module._stop_requests)
+    loop_module._stop_requests = bnn_module._stop_requests = requests  # type: ignore[assignment]
     try:
         yield
     finally:
-        loop_module._stop_requests = original
+        loop_module._stop_requests, bnn_module._stop_requests = originals

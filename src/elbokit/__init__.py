@@ -15,6 +15,8 @@ The whole public API::
     ek.VAE.mlp(784, 50, hidden=(200, 200), likelihood="bernoulli")             # a model whose encoder is a guide
     ek.fit(vae, vae.encoder, ek.data.load("binarized-mnist"), ek.RunConfig(epochs=10))  # -> FitResult
     ek.Run.open("runs/demo")  # a run directory: .evaluate() .diagnose() .report() .sample() (elbokit.runs)
+    ek.BNN(13, (50,), 1, task="regression", estimator="local")  # a Bayesian neural network: q(w) mean-field
+    ek.fit_bnn(bnn, ek.data.load_table("boston"), ek.RunConfig(model="bnn"))   # -> FitResult; ek.evaluate_bnn
 """
 
 import importlib
@@ -34,15 +36,29 @@ from elbokit.estimators import (
     log_weights,
 )
 from elbokit.guides import AmortizedFlow, AmortizedGaussian, LocalFlow, LocalGaussian, NonAmortizedGaussian
-from elbokit.models import VAE, BayesianLinearRegression, FixedGuide, Guide, LatentModel, LinearGaussian
+from elbokit.models import (
+    BNN,
+    VAE,
+    BayesianLinear,
+    BayesianLinearRegression,
+    FixedGuide,
+    Guide,
+    LatentModel,
+    LinearGaussian,
+)
 from elbokit.types import Bound, Estimate, GradientStats
 
 if TYPE_CHECKING:
     from elbokit.runs import Run
+    from elbokit.runs.bnn import BNNRun
+    from elbokit.runs.bnn_evaluation import BNNEvaluation, evaluate_bnn
     from elbokit.train import FitResult, fit
+    from elbokit.train.bnn import fit_bnn
 
 #: Names whose modules load on first use: the trainer and the run directory (``import elbokit.cli`` stays light).
-_LAZY = {"fit": "elbokit.train", "FitResult": "elbokit.train", "Run": "elbokit.runs"}
+_LAZY = {"fit": "elbokit.train", "FitResult": "elbokit.train", "Run": "elbokit.runs", "fit_bnn": "elbokit.train.bnn",
+         "BNNRun": "elbokit.runs.bnn", "BNNEvaluation": "elbokit.runs.bnn_evaluation",
+         "evaluate_bnn": "elbokit.runs.bnn_evaluation"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -53,9 +69,13 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BNN",
     "VAE",
     "AmortizedFlow",
     "AmortizedGaussian",
+    "BNNEvaluation",
+    "BNNRun",
+    "BayesianLinear",
     "BayesianLinearRegression",
     "Bound",
     "Estimate",
@@ -74,7 +94,9 @@ __all__ = [
     "__version__",
     "data",
     "elbo",
+    "evaluate_bnn",
     "fit",
+    "fit_bnn",
     "global_elbo",
     "gradient_variance",
     "iwae",

@@ -27,6 +27,13 @@ AUTO_LIKELIHOOD = "auto"
 #: The likelihood "auto" picks for each kind of data (a Dataset's ``support``).
 LIKELIHOOD_FOR_SUPPORT = {"binary": "bernoulli", "unit": "bernoulli", "real": "gaussian:learned", "count": "nb"}
 DEFAULT_FLOW_TRANSFORMS = 4
+MODELS = ("vae", "bnn")
+BNN_TASKS = ("auto", "regression", "classification")
+#: The bnn-only settings at their defaults (a vae run must leave them so).
+BNN_DEFAULTS: dict[str, Any] = {"target": None, "task": "auto", "prior": "normal", "estimator": "local"}
+#: The vae-only settings at their defaults (a bnn run must leave them so).
+VAE_ONLY: dict[str, Any] = {"objective": "elbo", "gradient": "reparam", "guide": "gaussian", "likelihood": "auto",
+                            "binarize": None, "layer": None}  # fmt: skip
 
 
 class GuideSpec(NamedTuple):
@@ -70,6 +77,16 @@ class RunConfig:
     binarize: str | None = None  # binarized-mnist: "dynamic" (fresh draw each epoch, default) or "fixed"
     limit: int | None = None  # use only the first N training points (quick runs and tests)
     # -- model --
+    # "vae": a latent z per data point (the VAE; the settings below up to `guide`); "bnn": a Bayesian neural network,
+    # whose latents are its weights, shared by every point (mean-field Gaussian q(w), elbokit.models.bnn.BNN), that
+    # predicts `target` from the other columns (regression), or an image dataset's labels (classification)
+    model: str = "vae"
+    target: str | None = None  # bnn: the column of a CSV file (or table) to predict
+    task: str = "auto"  # bnn: "regression", "classification" or "auto" (labelled image data: classification)
+    prior: str = "normal"  # bnn: p(w), "normal[:S]" (N(0, S^2), S = 1) or "mixture[:PI,S1,S2]" (Blundell et al. 2015)
+    # bnn: how a step draws the weights' effect: "local" (local reparameterization, Kingma et al. 2015), "weights"
+    # (one weight draw per minibatch) or "flipout" (Wen et al. 2018)
+    estimator: str = "local"
     latent_dim: int = 50  # d, dimension of z
     hidden: tuple[int, ...] = (200, 200)  # encoder hidden sizes; the decoder mirrors them
     activation: str = "tanh"  # between hidden layers: tanh, relu, softplus, elu or gelu
@@ -117,9 +134,9 @@ class RunConfig:
         the field, what it takes and what it got. Numbers given as ints where floats are meant become floats;
         ``hidden`` becomes a tuple. A TOML file, the CLI and Python get the same checks."""
         for name in ("data", "activation", "likelihood", "guide", "objective", "gradient", "anneal", "lr_schedule",
-                     "device"):  # fmt: skip
+                     "device", "model", "task", "prior", "estimator"):  # fmt: skip
             _check_str(name, getattr(self, name))
-        for name in ("data_dir", "binarize", "layer"):
+        for name in ("data_dir", "binarize", "layer", "target"):
             if getattr(self, name) is not None:
                 _check_str(name, getattr(self, name))
         for name in ("latent_dim", "k", "epochs", "batch_size"):
@@ -167,9 +184,35 @@ class RunConfig:
         if self.objective == "iwae" and (schedule.kind != "constant" or self.beta != 1.0):
             raise ValueError(f"β and annealing apply to the elbo objective; the iwae objective is the IWAE_k bound "
                              f"(got beta {self.beta:g}, anneal {self.anneal!r})")  # fmt: skip
+        self._validate_model()
         guide = parse_guide(self.guide)
         if (guide.kind == "flow" or guide.covariance != "diagonal") and schedule.kind == "freebits":
             raise ValueError(f"free bits needs the diagonal Gaussian guide (a KL per dimension), got {self.guide!r}")
+
+    def _validate_model(self) -> None:
+        """The model kind and the settings that belong to one kind only."""
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "vae":
+            for name, default in BNN_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name} applies to model bnn, got {name} {getattr(self, name)!r} for a vae")
+            return
+        from elbokit.models.bnn import ESTIMATORS, parse_prior
+
+        if self.task not in BNN_TASKS:
+            raise ValueError(f"task must be one of {', '.join(BNN_TASKS)}, got {self.task!r}")
+        parse_prior(self.prior)
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        for name, default in VAE_ONLY.items():
+            if getattr(self, name) != default:
+                raise ValueError(f"{name} applies to model vae; a bnn takes the ELBO over its weights "
+                                 f"(got {name} {getattr(self, name)!r})")  # fmt: skip
+        from elbokit.train.schedules import parse_schedule
+
+        if parse_schedule(self.anneal).kind == "freebits":
+            raise ValueError("free bits needs a KL per latent dimension (a vae); a bnn anneals by linear or cyclical")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -46,7 +46,9 @@ def add_command(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from elbokit.runs import Run, evaluation_seconds
+    from elbokit.runs.files import vae_only
 
+    vae_only(args.run, "diagnose")
     r = Run.open(args.run, device=args.device, checkpoint=args.checkpoint)
     n = r.data.split(args.split)[: args.limit].shape[0]
     # The log p(x) of the encoder and the gaps' reference each cost about one refined evaluation at this k.

@@ -19,7 +19,8 @@ def add_command(commands: Any) -> None:
         "reconstruction, in nats per point (and bits/dim for discrete images).",
     )  # fmt: skip
     p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--k", type=_positive_int, default=1000, help="importance samples per point (default 1000)")
+    p.add_argument("--k", type=_positive_int, default=None, help="importance samples per point (default 1000); "
+                   "for a bnn run, weight draws of the predictive distribution (default 100)")  # fmt: skip
     p.add_argument("--split", choices=("train", "validation", "test"), default="test", help="default test")
     p.add_argument("--limit", type=_positive_int, default=None, help="first N points of the split only")
     p.add_argument("--proposal", choices=PROPOSALS, default="refined",
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from elbokit.runs import Run, evaluation_seconds
 
     r = Run.open(args.run, device=args.device, checkpoint=args.checkpoint)
+    if r.config.model == "bnn":
+        return _evaluate_bnn(r, args)
+    args.k = 1000 if args.k is None else args.k
     n = r.data.split(args.split)[: args.limit].shape[0]
     seconds = evaluation_seconds(r, k=args.k, n=n, proposal=args.proposal, refine_steps=args.refine_steps)
     check_duration(seconds, f"evaluate --k {args.k} on {n} points")
@@ -65,4 +69,32 @@ def run(args: argparse.Namespace) -> int:
         rows.append(("bits/dim, -log p(x) / (D ln 2)", f"{result.bits_per_dim:12.4f}"))
     for name, value in rows:
         print(f"{name:<34}{value}")
+    return 0
+
+
+def _evaluate_bnn(r: Any, args: argparse.Namespace) -> int:
+    """A bnn run: test log-likelihood, RMSE or error rate, and calibration, by --k weight draws."""
+    from elbokit.distributed import world
+
+    if world().distributed:
+        raise ValueError("a bnn run evaluates in one process (drop --nproc)")
+    result = r.evaluate(samples=100 if args.k is None else args.k, split=args.split, limit=args.limit, seed=args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"{r.path}: a bnn on {r.config.data}, {result.split} split, {result.n} points, {result.samples} weight "
+          f"draws ({r.checkpoint} checkpoint, epoch {r.state.get('epoch')})")  # fmt: skip
+    rows = [("log-likelihood per point", f"{result.log_likelihood:10.4f} ± {result.log_likelihood_stderr:.4f}")]
+    if result.rmse is not None:
+        rows.append(("RMSE", f"{result.rmse:10.4g}"))
+        rows += [(f"coverage of the {level} interval", f"{float(level):10.0%} -> {cov:.1%}")
+                 for level, cov in result.coverage.items() if level in ("0.5", "0.9", "0.95")]  # fmt: skip
+        rows.append(("mean |coverage - level|", f"{result.calibration_error:10.4f}"))
+        rows.append(("epistemic / aleatoric variance", f"{result.epistemic:10.4g} / {result.aleatoric:.4g}"))
+    else:
+        rows.append(("error rate", f"{result.error:10.2%}"))
+        rows.append(("expected calibration error", f"{result.calibration_error:10.4f}"))
+        rows.append(("mutual information / expected entropy", f"{result.epistemic:10.4f} / {result.aleatoric:.4f}"))
+    for name, value in rows:
+        print(f"{name:<40}{value}")
     return 0

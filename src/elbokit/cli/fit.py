@@ -37,10 +37,20 @@ def run(args: argparse.Namespace) -> int:
 
     def on_start(config: Any, data: Any) -> None:
         epochs[0] = config.epochs
+        if config.model == "bnn":
+            say(f"fit: a bnn on {data.name} ({data.x_train[: config.limit].shape[0]} training points, "
+                f"{data.in_features} features, {data.task} of {data.target}) -> {out}")  # fmt: skip
+            return
         say(f"fit: {data.name} ({data.train[: config.limit].shape[0]} training points, D={data.data_dim}, "
             f"{config.likelihood} likelihood) -> {out}")  # fmt: skip
 
     def on_epoch(m: dict[str, Any]) -> None:
+        if "validation_log_likelihood" in m:  # a bnn
+            fit_figure = (f"RMSE {m['validation_rmse']:8.4g}" if "validation_rmse" in m
+                          else f"error {m['validation_error']:6.2%}")  # fmt: skip
+            say(f"epoch {m['epoch']:>3}/{epochs[0]}  ELBO/N {m['train_bound']:9.4f}  KL/N {m['train_kl']:8.4f}  "
+                f"validation log-lik {m['validation_log_likelihood']:8.4f}  {fit_figure}  {m['seconds']:6.1f} s")
+            return
         say(f"epoch {m['epoch']:>3}/{epochs[0]}  train {m['train_bound']:9.3f}  validation "
             f"{m['validation_bound']:9.3f}  KL {m['validation_kl']:7.3f}  β {m['beta']:.3g}  "
             f"{m['seconds']:6.1f} s  {m['examples_per_second']:7.0f} points/s")  # fmt: skip
@@ -52,9 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"elbokit: interrupted at epoch {result.epochs + 1}, step {result.steps}; the checkpoint is saved: "
               f"resume with `elbokit fit --out {out} --resume`", file=sys.stderr)  # fmt: skip
         return 130
-    say(f"done: {result.epochs} epochs ({result.stopped}), best validation bound {result.best_validation:.3f}"
+    best = "log-likelihood" if getattr(trained.run.config, "model", "vae") == "bnn" else "bound"
+    say(f"done: {result.epochs} epochs ({result.stopped}), best validation {best} {result.best_validation:.3f}"
         + (f"; wrote {', '.join(p.name for p in pictures)}" if pictures else ""))  # fmt: skip
     if getattr(args, "report", False):
         with warnings_to_stderr():
-            print(Run.open(out).report(on_diagnose=lambda: say(f"report: diagnosing {out} ...")))
+            opened = Run.open(out)
+            print(opened.report() if best == "log-likelihood" else
+                  opened.report(on_diagnose=lambda: say(f"report: diagnosing {out} ...")))  # fmt: skip
     return 0

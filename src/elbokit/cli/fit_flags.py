@@ -13,7 +13,8 @@ from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
 FIELDS = {
     "data", "data_dir", "layer", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood",
     "objective", "k", "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "local_lr", "lr_schedule", "clip",
-    "patience", "seed", "device", "quiet", "guide", "log_every", "tensorboard",
+    "patience", "seed", "device", "quiet", "guide", "log_every", "tensorboard", "model", "target", "task", "prior",
+    "estimator",
 }  # fmt: skip
 
 
@@ -21,6 +22,15 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--data", help="dataset name (binarized-mnist, mnist, fashion-mnist, digits, synthetic, pbmc) or a "
       ".npy/.npz/.csv/.h5ad/.mtx file (default binarized-mnist)")  # fmt: skip
+    a("--model", choices=("vae", "bnn"), help="vae (default): a latent z per point; bnn: a Bayesian neural network "
+      "(its weights the latent) predicting --target from the other columns, or an image dataset's labels")  # fmt: skip
+    a("--target", help="bnn: the column of the CSV (or of diabetes, boston, concrete) to predict")
+    a("--task", choices=("auto", "regression", "classification"), help="bnn: auto (default: labelled images are "
+      "classification, tables regression), regression or classification")  # fmt: skip
+    a("--prior", help="bnn: p(w), normal[:S] (N(0, S^2), default S 1) or mixture[:PI,S1,S2] (Blundell et al. 2015; "
+      "default 0.5,1,0.0025)")  # fmt: skip
+    a("--estimator", choices=("local", "weights", "flipout"), help="bnn: local (default: local reparameterization), "
+      "weights (one weight draw per minibatch) or flipout")  # fmt: skip
     a("--layer", help="an .h5ad file's layer to read (e.g. counts) instead of X")
     a("--out", required=True, type=Path, help="run directory to write")
     a("--config", type=Path, help="TOML file of RunConfig settings (flags win)")

@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from elbokit.runs import Run
 
     r = Run.open(args.run, device=args.device, checkpoint=args.checkpoint)
+    if r.config.model == "bnn":  # predictive figures, calibration, uncertainty vs error: no diagnosis
+        print(r.report())
+        return 0
 
     def announce() -> None:
         print(f"report: diagnosing {r.path} ({args.limit} points, k = {args.k}) ...", flush=True)

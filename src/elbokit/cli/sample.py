@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     from elbokit._io import atomic_write
     from elbokit.runs import Run, check_sample_size, image_shape, write_images
+    from elbokit.runs.files import vae_only
 
+    vae_only(args.run, "sample")
     r = Run.open(args.run, device=args.device, checkpoint=args.checkpoint)
     own = r.path / "samples.png"  # the run's own picture, which `fit` wrote: replaced freely
     out = args.out if args.out is not None else own

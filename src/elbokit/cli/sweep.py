@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from elbokit.distributed import barrier, world
     from elbokit.rundir import locked
     from elbokit.runs import CONFIG, holds_run, write_json
+    from elbokit.runs.files import vae_only
     from elbokit.sweeps import sweep
+
+    vae_only(args.run, "sweep")
 
     if not holds_run(args.run):
         raise ValueError(f"{args.run} holds no run whose configuration a sweep could reuse")

@@ -1,5 +1,7 @@
 """Datasets by name: MNIST and friends, scikit-learn's digits, synthetic linear-Gaussian data, the ``pbmc`` count
-matrix, user files (``.npy``, ``.npz``, ``.csv``, and count matrices ``.h5ad`` and ``.mtx``).
+matrix, user files (``.npy``, ``.npz``, ``.csv``, and count matrices ``.h5ad`` and ``.mtx``); and supervised
+tables (x, y) for Bayesian neural networks: :func:`load_table` (``diabetes``, ``boston``, ``concrete``, a CSV's
+target column, or an image dataset's labels).
 
 >>> from elbokit.data import load, available
 >>> available()
@@ -21,6 +23,7 @@ from elbokit.data.registry import available, load, register
 
 # After idx: datasets are listed in registration order, the MNIST family first.
 from elbokit.data.small import synthetic_model
+from elbokit.data.tables import TABLES, Table, load_table
 
 # After small: pbmc is listed last.
 from elbokit.data.pbmc import PBMC_SHAPE, pbmc_folders, read_rdb  # isort: skip
@@ -31,9 +34,11 @@ __all__ = [
     "MNIST_FILES",
     "MNIST_MIRROR",
     "PBMC_SHAPE",
+    "TABLES",
     "CountMatrix",
     "DataError",
     "Dataset",
+    "Table",
     "available",
     "cache_root",
     "download",
@@ -41,6 +46,7 @@ __all__ = [
     "load_file",
     "load_h5ad",
     "load_mtx",
+    "load_table",
     "pbmc_folders",
     "read_h5ad",
     "read_idx",

@@ -35,6 +35,23 @@ RUN_FILES = (CONFIG, DATASET, METRICS, CHECKPOINT, STATE, BEST, STEPS, TENSORBOA
 #: What --overwrite sets aside: the run's files and what was derived from it (a sweep over its β).
 REPLACED_BY_OVERWRITE = (*RUN_FILES, "sweep.json", "sweep", "tmp")
 
+def run_model(path: Path) -> str:
+    """The kind of model the run in ``path`` trains ("vae" or "bnn"), from its config.json; "vae" when it cannot be
+    read (opening the run then says what is wrong)."""
+    try:
+        values = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "vae"
+    model = values.get("model", "vae") if isinstance(values, dict) else "vae"
+    return model if model in ("vae", "bnn") else "vae"
+
+
+def vae_only(path: Path, command: str) -> None:
+    """Refuse (one line) ``command`` on a bnn run."""
+    if run_model(path) == "bnn":
+        raise ValueError(f"{command} applies to VAE runs; {path} holds a bnn run (it has evaluate and report)")
+
+
 def holds_run(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
 

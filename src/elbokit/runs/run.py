@@ -71,6 +71,11 @@ class Run:
         if not path.is_dir():
             raise ValueError(f"run directory {path} does not exist")
         config = RunConfig.load(path / CONFIG)
+        if config.model == "bnn":  # a Bayesian neural network's run: its own object, with evaluate and report
+            from elbokit.runs.bnn import BNNRun
+
+            bnn: Any = BNNRun.open(path, device=device, checkpoint=checkpoint)
+            return bnn
         target = resolve_device(rank_device(device))  # in a process group: each rank on its own GPU
         if not (path / CHECKPOINT).exists() and replaced_folder(path) is not None:
             raise ValueError(f"no checkpoint in {path}: its new run stopped before writing one; the run it "

@@ -27,7 +27,7 @@ RESUMABLE = ("epochs", "quiet", "device", "log_every", "tensorboard")
 class Trained(NamedTuple):
     """What :func:`train_run` did: the run (opened on its last checkpoint's parameters) and fit's result."""
 
-    run: Run
+    run: Run  # a BNNRun for a bnn run
     result: FitResult
     pictures: list[Path]  # samples.png and reconstructions.png, for image data
 
@@ -90,6 +90,14 @@ def train_run(out: str | Path, config: RunConfig | None = None, *, resume: bool 
         raise ValueError("free bits takes the KL per dimension over the whole minibatch: train it in one process")
     if resume:
         check_data_file(out, config)
+    if config.model == "bnn":
+        if world().distributed:
+            raise ValueError("a bnn trains in one process: its weights are one latent shared by every point")
+        from elbokit.runs.bnn import train_bnn_run
+
+        bnn_run, bnn_result = train_bnn_run(out, config, resume=resume, overwrite=overwrite, on_start=on_start,
+                                            on_epoch=on_epoch, note=note)  # fmt: skip
+        return Trained(bnn_run, bnn_result, [])  # type: ignore[arg-type]
     data = load_data(config)
     config = resolve_likelihood(config, data)
     model = new_model(config, data)
