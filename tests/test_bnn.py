@@ -15,7 +15,6 @@ import pytest
 import torch
 from scipy import integrate, stats
 from torch.distributions import Independent, Normal, kl_divergence
-from torch.nn import functional as F
 
 from elbokit.models.bayes_linear import BayesianLinearRegression
 from elbokit.models.bnn import (
@@ -152,7 +151,7 @@ def test_the_estimators_share_q_marginals_and_differ_in_correlation(estimator: s
 
 def test_local_reparameterization_and_flipout_reduce_gradient_variance() -> None:
     """Kingma et al. (2015), Wen et al. (2018): the median per-coordinate variance of the weight means' gradient
-    under weight sampling over that under local reparameterization (measured 14) and Flipout (measured 5.4),
+    under weight sampling over that under local reparameterization (measured 16) and Flipout (measured 7.1),
     a minibatch of 50 of 500 points, 100 repeats each; a variance ratio of 2 from 100 draws each is far
     outside noise (a single ratio's log has SE ≈ 0.2, the median over 100 coordinates less)."""
     g = torch.Generator().manual_seed(0)
@@ -386,5 +385,5 @@ def test_a_quick_fit_beats_a_constant_predictor() -> None:
     constant = float(Normal(y.mean(), y.std()).log_prob(y_test).mean())
     assert constant < -1.0
     assert test_lp > 0.5, (test_lp, constant)
-    assert float(F.softplus(_layers(net)[0].weight_rho).max()) > 1e-3  # q's variances moved off their start
+    assert float(_layers(net)[0].weight_scale.detach().max()) > 1e-3  # q's variances moved off their start
     assert elapsed < 10, elapsed
