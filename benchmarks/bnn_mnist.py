@@ -1,7 +1,7 @@
 r"""Bayes by Backprop on MNIST with elbokit's trainer, for a stated budget: test error, test log-likelihood, speed.
 
 Blundell et al. (2015) report 1.34 % test error for a 784-1200-1200-10 ReLU network with the scale-mixture prior
-(figure as given in this benchmark's brief, not re-checked against the paper here), after hundreds of epochs of
+(the figure as quoted; not re-checked against the paper's table), after hundreds of epochs of
 SGD. Here the same network is trained by :func:`elbokit.train.bnn.fit_bnn` for a budget far shorter, so the
 figure is where the library stands after N epochs (or M minutes) on this machine, not a replication:
 
@@ -16,8 +16,8 @@ figure is where the library stands after N epochs (or M minutes) on this machine
 - training: ``fit_bnn`` (Adam, lr ``--lr`` = 1e-3, batch 128, one weight draw per step, full KL weight each step:
   the ELBO with the data term scaled by N / B). ``--epochs N`` runs N epochs; ``--minutes M`` stops after the
   first epoch that ends past M minutes of training (whichever comes first when both are given).
-- test: :func:`elbokit.runs.evaluate_bnn` with ``--samples`` (10) weight draws: the error of the predictive mean's
-  most probable class and the mean log predictive density log (1/S) Σ_s p(y | x, w_s).
+- test: :func:`elbokit.runs.bnn_evaluation.evaluate_bnn` with ``--samples`` (10) weight draws: the error of the
+  predictive mean's most probable class and the mean log predictive density log (1/S) Σ_s p(y | x, w_s).
 
 Reported: test error, test log-likelihood, seconds per epoch (median over epochs, from fit_bnn's records),
 epochs run, torch threads. Prints one JSON object last with ``--json``.

@@ -5,10 +5,11 @@ The protocol of Hernández-Lobato & Adams (2015), as used by Gal & Ghahramani (2
 split i drawn by ``torch.randperm`` from a generator seeded by i; one hidden layer of 50 ReLU units; 40 epochs;
 inputs and target standardized on the training part (:meth:`BNN.standardize`); trained by
 :func:`elbokit.train.bnn.fit_bnn` (Adam, one weight draw per step, each step's noise keyed by
-:func:`elbokit.distributions.step_seed`), the ELBO with local reparameterization, a Gaussian likelihood whose noise
+:func:`elbokit.distributed.step_seed`), the ELBO with local reparameterization, a Gaussian likelihood whose noise
 is learned. Per split: the test RMSE of the predictive mean and the test log-likelihood
-(log (1/S) Σ_s p(y | x, w_s), S = ``--samples`` = 1000 weight draws, :func:`elbokit.runs.evaluate_bnn`), both in
-y's original units. Reported: mean ± standard error (sd / √splits) over the splits.
+(log (1/S) Σ_s p(y | x, w_s), S = ``--samples`` = 1000 weight draws,
+:func:`elbokit.runs.bnn_evaluation.evaluate_bnn`), both in y's original units. Reported: mean ± standard error
+(sd / √splits) over the splits.
 
 Settings, as a user would choose them: prior N(0, 1) on every weight and bias (the standardized scale), q's initial
 standard deviations 1e-3 (BayesianLinear's default: a network that starts nearly deterministic), the noise's
@@ -27,7 +28,8 @@ boston      3.01 ± 0.18         -2.57 ± 0.09        2.97 ± 0.85         -2.46
 concrete    5.67 ± 0.09         -3.16 ± 0.02        5.23 ± 0.53         -3.04 ± 0.09
 ==========  ==================  ==================  ==================  ==================
 
-(PBP from Hernández-Lobato & Adams 2015; MC dropout from Gal & Ghahramani 2016, Table 1.)
+(PBP from Hernández-Lobato & Adams 2015; MC dropout from Gal & Ghahramani 2016; as quoted, not re-checked
+against the papers' tables.)
 
 Also, per dataset, the gradient variance of the three estimators (:meth:`BNN.gradient_variance`, 200 draws of
 the gradient of the per-point bound w.r.t. every layer's weight means and ρ, on one training minibatch of the

@@ -71,9 +71,14 @@ def leave(code: int) -> NoReturn:
     from elbokit.distributed import env_world
 
     if env_world() is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        import atexit
+
+        try:  # Python's own exit handlers (multiprocessing's semaphores, logging), not the C++ teardown
+            atexit._run_exitfuncs()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     sys.exit(code)
 
 

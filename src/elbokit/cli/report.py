@@ -18,7 +18,8 @@ def add_command(commands: Any) -> None:
         "`elbokit diagnose` first with the flags below.",
     )  # fmt: skip
     p.add_argument("run", type=Path, help="run directory")
-    p.add_argument("--k", type=_positive_int, default=1000, help="importance samples per point (default 1000)")
+    p.add_argument("--k", type=_positive_int, default=None, help="importance samples per point (default 1000); for "
+                   "a bnn run, weight draws of the predictive distribution (default 100)")  # fmt: skip
     p.add_argument("--limit", type=_positive_int, default=1000, help="first N test points (default 1000)")
     p.add_argument("--ais", type=_positive_int, default=None, metavar="STEPS", help="also run AIS with STEPS")
     p.add_argument("--refresh", action="store_true", help="recompute diagnostics.json even when it is current")
@@ -32,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     r = Run.open(args.run, device=args.device, checkpoint=args.checkpoint)
     if r.config.model == "bnn":  # predictive figures, calibration, uncertainty vs error: no diagnosis
-        print(r.report())
+        bnn: Any = r
+        print(bnn.report(samples=100 if args.k is None else args.k, limit=args.limit))
         return 0
+    args.k = 1000 if args.k is None else args.k
 
     def announce() -> None:
         print(f"report: diagnosing {r.path} ({args.limit} points, k = {args.k}) ...", flush=True)

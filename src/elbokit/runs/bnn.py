@@ -158,13 +158,14 @@ class BNNRun:
             write_json(self.path / EVALUATION, {**result.to_dict(), **where})
         return result
 
-    def report(self, *, samples: int = 100, split: str = "test", seed: int = 0) -> Path:
-        """Write ``report.html`` (self-contained: settings, data, the predictive figures, training curves, the
-        calibration and uncertainty-vs-error figures) and return its path."""
+    def report(self, *, samples: int = 100, split: str = "test", limit: int | None = 1000, seed: int = 0) -> Path:
+        """Write ``report.html`` (self-contained: settings, data, the predictive figures on the first ``limit``
+        points of ``split``, training curves, the calibration and uncertainty-vs-error figures) and return its
+        path."""
         from elbokit.report.bnn import write_bnn_report
 
         history = self.metrics
-        result = self.evaluate(samples=samples, split=split, seed=seed, save=False)
+        result = self.evaluate(samples=samples, split=split, limit=limit, seed=seed, save=False)
         return write_bnn_report(self.path / "report.html", result, history=history,
                                 settings=self.config.to_dict(), dataset=read_description(self.path),
                                 title=self.path.name or str(self.path))  # fmt: skip

@@ -27,6 +27,7 @@ from torch.distributions import Categorical
 from elbokit.config import RunConfig
 from elbokit.data.tables import Table
 from elbokit.distributed import step_seed, world
+from elbokit.distributions._validate import unvalidated
 from elbokit.errors import TrainingDiverged
 from elbokit.models.bnn import BNN
 from elbokit.train.checkpoint import (
@@ -97,12 +98,19 @@ def fit_bnn(model: BNN, table: Table, config: RunConfig, *, out: Path | None = N
         a non-finite loss (the last checkpoint is kept).
     """
     config.validate()
+    if config.estimator != model.estimator:
+        raise ValueError(f"the config's estimator {config.estimator!r} is not the network's {model.estimator!r}")
     if world().distributed:
         raise ValueError("a bnn trains in one process: its weights are one latent shared by every point")
     device = resolve_device(config.device)
     model.to(device)
     x_train, y_train = table.x_train[: config.limit].to(device), table.y_train[: config.limit].to(device)
     x_valid, y_valid = table.x_validation.to(device), table.y_validation.to(device)
+    for name, x, y in (("train", x_train, y_train), ("validation", x_valid, y_valid)):  # once: the steps skip it
+        try:
+            model._check_y(y, model._check_x(x).shape[0])
+        except ValueError as err:
+            raise ValueError(f"{table.name} ({name} split): {err}") from None
     n = x_train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     schedule = parse_schedule(config.anneal, steps_per_epoch=steps_per_epoch)
@@ -164,7 +172,7 @@ def fit_bnn(model: BNN, table: Table, config: RunConfig, *, out: Path | None = N
     totals += torch.tensor([sums["bound"], sums["reconstruction"], sums["kl"]], dtype=torch.float64, device=device)
     stopped = "completed"
     model.train()
-    with _stop_requests() as stop_requested:
+    with _stop_requests() as stop_requested, unvalidated():
         while epoch < config.epochs:
             lr = config.lr * lr_factor(config.lr_schedule, epoch, config.epochs)
             for group in optimizer.param_groups:
