@@ -4,7 +4,8 @@ variance beside its speed.
 Configurations: the UCI regression network 13-50-1 (ReLU, Gaussian likelihood with a learned noise) at batch 32
 on Boston housing (``load_table("boston").pooled()``, standardized once), and the MNIST classifier 784-400-400-10
 (ReLU, Categorical likelihood) at batch 128 on ``load_table("mnist")``'s training split. A step is the
-single-draw ELBO's forward pass, backward pass and Adam update (lr 1e-3, torch's default Adam) of the per-point
+single-draw ELBO's forward pass, backward pass and Adam update (lr 1e-3; elbokit's trainer uses torch's fused
+Adam, :func:`elbokit.train.step.make_optimizer`, the other ways torch's default Adam) of the per-point
 loss -(N/B Σ_i log p(y_i | x_i, w) - KL(q ‖ p)) / N, with a N(0, 1) prior and its closed-form KL everywhere.
 Every way trains its own copy of the same initial q (means as ``nn.Linear``, standard deviations
 softplus(-3) ≈ 0.049, bayesian-torch's default) on the same minibatches.
@@ -68,6 +69,7 @@ from elbokit.data.tables import load_table
 from elbokit.distributed import step_seed
 from elbokit.distributions._validate import unvalidated
 from elbokit.models.bnn import BNN, BayesianLinear, GaussianPrior
+from elbokit.train.step import make_optimizer
 
 try:
     from bayesian_torch.layers import LinearFlipout, LinearReparameterization
@@ -186,8 +188,8 @@ def _module_step(module: _Bare | _BayesianTorch, num_data: int) -> Step:
 
 
 def _elbokit_step(model: BNN, num_data: int, estimator: str) -> Step:
-    """fit_bnn's step: the step's generator reseeded, the bound (unvalidated), -bound / N, Adam."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    """fit_bnn's step: the step's generator reseeded, the bound (unvalidated), -bound / N, fused Adam."""
+    optimizer = make_optimizer(list(model.parameters()), LR)
     generator = torch.Generator()
     step = [0]
 

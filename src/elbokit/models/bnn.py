@@ -246,7 +246,8 @@ class BNN(nn.Module):
             self.y_std.copy_(y_sd if bool(torch.isfinite(y_sd) & (y_sd > 0)) else torch.ones_like(y_sd))
 
     def outputs(self, x: Tensor, *, samples: int = 1, estimator: str | None = None,
-                generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+                generator: torch.Generator | None = None,
+                scales: Sequence[tuple[Tensor, Tensor]] | None = None) -> Tensor:  # fmt: skip
         """The network's outputs f for S draws of the weights, standardized units.
 
         Args:
@@ -254,6 +255,7 @@ class BNN(nn.Module):
             samples: S >= 1.
             estimator: one of :data:`ESTIMATORS`; the network's ``estimator`` when None.
             generator: the source of all the noise (torch's global generator when None).
+            scales: each layer's :meth:`BayesianLinear.scales`, where the caller has them already.
 
         Returns:
             (S, B, out).
@@ -266,7 +268,7 @@ class BNN(nn.Module):
         for i, layer in enumerate(self.layers):
             if i > 0:
                 h = self.activations[i - 1](h)
-            h = layer(h, estimator=estimator, generator=generator)
+            h = layer(h, estimator=estimator, generator=generator, scales=None if scales is None else scales[i])
         return h
 
     def likelihood(self, outputs: Tensor) -> Distribution:
@@ -277,9 +279,13 @@ class BNN(nn.Module):
             return Normal(self.y_mean + self.y_std * f, (self.y_std * self.noise).expand(f.shape))
         return Categorical(logits=outputs)
 
-    def kl(self, generator: torch.Generator | None = None) -> Tensor:
-        """KL(q ‖ p) of all the weights and biases, a scalar: exact for a Gaussian prior, else a one-draw estimate."""
-        return sum((cast(BayesianLinear, layer).kl(generator) for layer in self.layers), self.x_mean.new_zeros(()))
+    def kl(self, generator: torch.Generator | None = None, *,
+           scales: Sequence[tuple[Tensor, Tensor]] | None = None) -> Tensor:  # fmt: skip
+        """KL(q ‖ p) of all the weights and biases, a scalar: exact for a Gaussian prior, else a one-draw estimate
+        (``scales``: each layer's σ, where the caller has them already)."""
+        layers = [cast(BayesianLinear, layer) for layer in self.layers]
+        kls = [layer.kl(generator, scales=None if scales is None else scales[i]) for i, layer in enumerate(layers)]
+        return torch.stack(kls).sum()
 
     def bound(self, x: Tensor, y: Tensor, *, num_data: int, samples: int = 1, estimator: str | None = None,
               generator: torch.Generator | None = None) -> GlobalBound:  # fmt: skip
@@ -310,9 +316,10 @@ class BNN(nn.Module):
         batch = x.shape[0]
         if batch > num_data:
             raise ValueError(f"num_data must be >= the minibatch's {batch} points, got {num_data}")
-        log_lik = self.likelihood(self.outputs(x, samples=samples, estimator=estimator, generator=generator))
-        reconstruction = log_lik.log_prob(y).mean(0)  # (B,)
-        kl = self.kl(generator)
+        scales = [cast(BayesianLinear, layer).scales() for layer in self.layers]  # softplus once per step
+        outputs = self.outputs(x, samples=samples, estimator=estimator, generator=generator, scales=scales)
+        reconstruction = self.likelihood(outputs).log_prob(y).mean(0)  # (B,)
+        kl = self.kl(generator, scales=scales)
         scale = num_data / batch
         total = scale * reconstruction.sum()
         value = total - kl

@@ -206,13 +206,20 @@ class BayesianLinear(nn.Module):
         """Whether :meth:`kl` is in closed form (a Gaussian prior) or a one-draw Monte-Carlo estimate."""
         return self.prior.kl_is_exact
 
-    def forward(self, h: Tensor, *, estimator: str = "local", generator: torch.Generator | None = None) -> Tensor:
+    def scales(self) -> tuple[Tensor, Tensor]:
+        """(σ of the weight, σ of the bias): computed once per step and handed to :meth:`forward` and :meth:`kl`,
+        which would otherwise each take softplus (and its backward) over every parameter."""
+        return self.weight_scale, self.bias_scale
+
+    def forward(self, h: Tensor, *, estimator: str = "local", generator: torch.Generator | None = None,
+                scales: tuple[Tensor, Tensor] | None = None) -> Tensor:  # fmt: skip
         """Pre-activations h Wᵀ + b of S samples of the weights' noise (see the module's docstring).
 
         Args:
             h: (S, B, in) inputs, one row of S per Monte-Carlo sample.
             estimator: ``"local"``, ``"weights"`` or ``"flipout"``.
             generator: the source of every random number drawn here (torch's global one when None).
+            scales: :meth:`scales`, where the caller has them already.
 
         Returns:
             (S, B, out).
@@ -223,16 +230,16 @@ class BayesianLinear(nn.Module):
             raise ValueError(f"h must have shape (S, B, {self.in_features}), got {given}")
         samples, batch = h.shape[0], h.shape[1]
         w_mu, b_mu = self.weight_mu, self.bias_mu
-        w_sigma, b_sigma = self.weight_scale, self.bias_scale
+        w_sigma, b_sigma = self.scales() if scales is None else scales
         if estimator == "weights":
             eps_w = torch.randn((samples, *w_mu.shape), generator=generator, dtype=h.dtype, device=h.device)
             eps_b = torch.randn((samples, 1, self.out_features), generator=generator, dtype=h.dtype, device=h.device)
             weight = w_mu + w_sigma * eps_w  # (S, out, in)
             bias = b_mu + b_sigma * eps_b  # (S, 1, out)
             return torch.baddbmm(bias, h, weight.transpose(1, 2))  # (S, B, out)
-        mean = h @ w_mu.T + b_mu  # (S, B, out)
+        mean = F.linear(h, w_mu, b_mu)  # (S, B, out)
         if estimator == "local":
-            variance = h.square() @ w_sigma.square().T + b_sigma.square()  # (S, B, out)
+            variance = F.linear(h.square(), w_sigma.square(), b_sigma.square())  # (S, B, out)
             eps = torch.randn(mean.shape, generator=generator, dtype=h.dtype, device=h.device)
             return mean + variance.sqrt() * eps
         eps_w = torch.randn((samples, *w_mu.shape), generator=generator, dtype=h.dtype, device=h.device)
@@ -243,15 +250,16 @@ class BayesianLinear(nn.Module):
         perturbation = torch.baddbmm(b_sigma * eps_b, h * signs_in, delta_w.transpose(1, 2))  # (S, B, out)
         return mean + signs_out * perturbation
 
-    def kl(self, generator: torch.Generator | None = None) -> Tensor:
+    def kl(self, generator: torch.Generator | None = None, *, scales: tuple[Tensor, Tensor] | None = None) -> Tensor:
         r"""KL(q ‖ p) summed over the weight and the bias: a scalar.
 
         Closed form (``kl_divergence(Normal, Normal)``) for a :class:`GaussianPrior`; for a
         :class:`ScaleMixturePrior` the one-draw Monte-Carlo estimate log q(w) - log p(w) at a fresh
         reparameterized w = μ + σ ε, ε from ``generator`` (unbiased, with a pathwise gradient).
         """
+        w_sigma, b_sigma = self.scales() if scales is None else scales
         total = self.weight_mu.new_zeros(())
-        for mu, sigma in ((self.weight_mu, self.weight_scale), (self.bias_mu, self.bias_scale)):
+        for mu, sigma in ((self.weight_mu, w_sigma), (self.bias_mu, b_sigma)):
             q = Normal(mu, sigma)
             p = self.prior.distribution(mu)
             if self.kl_is_exact:

@@ -83,13 +83,14 @@ def _check_resume(out: Path, config: RunConfig, table: Table) -> None:
     """Everything a resumed bnn run reads, checked on a throwaway network before anything is written."""
     from elbokit.train.checkpoint import check_state, load_optimizer_state
     from elbokit.train.records import _read_metrics, check_resumable
+    from elbokit.train.step import make_optimizer
 
     saved = load_checkpoint(out)
     check_state(saved.state, str(out / CHECKPOINT), complete=True)
     check_resumable(saved.state, config)
     model = build_bnn(config, table)
     load_model_state(model, saved, source=f"{out / CHECKPOINT}")
-    load_optimizer_state(torch.optim.Adam(model.parameters(), lr=config.lr), saved)
+    load_optimizer_state(make_optimizer(list(model.parameters()), config.lr), saved)
     _read_metrics(out, keep=int(saved.state["epoch"]), rewrite=False)
 
 

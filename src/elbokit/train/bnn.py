@@ -43,6 +43,7 @@ from elbokit.train.epochs import _stop_requests, epoch_generator, resolve_device
 from elbokit.train.loop import FitResult
 from elbokit.train.records import METRICS, STEPS, _read_metrics, append_metrics, check_resumable
 from elbokit.train.schedules import check_reaches_target, lr_factor, parse_schedule
+from elbokit.train.step import make_optimizer
 
 #: Weight draws behind each epoch's validation figures (``elbokit evaluate`` takes more).
 VALIDATION_SAMPLES = 10
@@ -119,7 +120,7 @@ def fit_bnn(model: BNN, table: Table, config: RunConfig, *, out: Path | None = N
         import warnings
 
         warnings.warn(warning, stacklevel=2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(list(model.parameters()), config.lr)  # fused Adam, as the VAE trainer's
     checkpoint = None
     if resume:
         if out is None:
