@@ -1,4 +1,5 @@
-"""Numeric CSV files: numbers separated by commas, one row per point; a first row with no numbers is a header."""
+"""Numeric CSV files: numbers separated by commas, one row per point; a first row with no numbers is a header
+(:func:`read_header` reads its column names)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,38 @@ def _float(field: str) -> float | None:
         return float(field)
     except ValueError:
         return None
+
+
+def read_header(text: str, path: Path) -> tuple[list[str], int]:
+    """The column names on the first non-blank line, and its 1-based number.
+
+    The rule matches :func:`~elbokit.data._csv.read_csv`'s: a first line in which no field reads as a number is a
+    header; a name may be quoted (``"medv"``, as R's ``write.csv`` writes it), but holds no comma.
+    """
+    lines = text.splitlines()
+    number = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if number is None:
+        raise DataError(f"{path}: no header row and no data rows")
+    line = lines[number]
+    numeric = [f.strip() for f in line.split(",") if _float(f) is not None]
+    if numeric:
+        if len(numeric) == len(line.split(",")):
+            raise DataError(
+                f"{path}, line {number + 1}: no header row (this line holds numbers); "
+                "a table's first line names its columns"
+            )
+        raise DataError(f"{path}, line {number + 1}: column name {numeric[0]!r} in the header reads as a number")
+    columns = [_unquote(f.strip()) for f in line.split(",")]  # split as read_csv splits the rows
+    for i, column in enumerate(columns):
+        if not column:
+            raise DataError(f"{path}, line {number + 1}: column {i + 1} has no name in the header")
+        if column in columns[:i]:
+            raise DataError(f"{path}, line {number + 1}: duplicate column name {column!r} in the header")
+    return columns, number + 1
+
+
+def _unquote(name: str) -> str:
+    """A CSV-quoted name without its quotes and doubled inner quotes; an unquoted name as it is."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"').strip()
+    return name

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from elbokit.data._csv import read_csv
+from elbokit.data._csv import read_csv, read_header
 from elbokit.data.base import SPLITS, DataError, as_float32, as_labels, check_finite, expand_user, permutation_split
 from elbokit.data.registry import FILE_SUFFIXES, available, load
 
@@ -289,7 +289,7 @@ def _csv_table(name: str, *, target: str | None, task: str, seed: int) -> Table:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except OSError as err:  # no permission, a name too long, ...
         raise DataError(f"cannot read {path}: {err.strerror or err}") from err
-    columns, line = _header(text, path)
+    columns, line = read_header(text, path)
     if len(columns) < 2:
         raise DataError(f"{path}: one column ({columns[0]!r}), so no features; a table needs a target and features")
     if target is None:
@@ -302,34 +302,6 @@ def _csv_table(name: str, *, target: str | None, task: str, seed: int) -> Table:
     if len(values) < 3:
         raise DataError(f"{path}: {len(values)} data rows; need at least 3 for train, validation and test splits")
     return _make_table(str(path), values, columns, target=target, task=task, seed=seed, source=str(path))
-
-
-def _header(text: str, path: Path) -> tuple[list[str], int]:
-    """The column names on the first non-blank line, and its 1-based number.
-
-    The rule matches :func:`~elbokit.data._csv.read_csv`'s: a first line in which no field reads as a number is a
-    header; a name may be quoted (``"medv"``, as R's ``write.csv`` writes it), but holds no comma.
-    """
-    lines = text.splitlines()
-    number = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if number is None:
-        raise DataError(f"{path}: no header row and no data rows")
-    line = lines[number]
-    numeric = [f.strip() for f in line.split(",") if _is_number(f)]
-    if numeric:
-        if len(numeric) == len(line.split(",")):
-            raise DataError(
-                f"{path}, line {number + 1}: no header row (this line holds numbers); "
-                "a table's first line names its columns"
-            )
-        raise DataError(f"{path}, line {number + 1}: column name {numeric[0]!r} in the header reads as a number")
-    columns = [_unquote(f.strip()) for f in line.split(",")]  # split as read_csv splits the rows
-    for i, column in enumerate(columns):
-        if not column:
-            raise DataError(f"{path}, line {number + 1}: column {i + 1} has no name in the header")
-        if column in columns[:i]:
-            raise DataError(f"{path}, line {number + 1}: duplicate column name {column!r} in the header")
-    return columns, number + 1
 
 
 def _make_table(
@@ -381,18 +353,3 @@ def _listing(columns: list[str]) -> str:
     """Up to ``_SHOWN_COLUMNS`` names, and how many there are when not all are shown."""
     shown = ", ".join(columns[:_SHOWN_COLUMNS])
     return shown if len(columns) <= _SHOWN_COLUMNS else f"{shown}, ... ({len(columns)} in all)"
-
-
-def _unquote(name: str) -> str:
-    """A CSV-quoted name without its quotes and doubled inner quotes; an unquoted name as it is."""
-    if len(name) >= 2 and name[0] == name[-1] == '"':
-        return name[1:-1].replace('""', '"').strip()
-    return name
-
-
-def _is_number(field: str) -> bool:
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
