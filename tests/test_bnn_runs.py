@@ -211,5 +211,5 @@ def test_a_bnn_on_mnist_stops_and_resumes_bit_identical_and_reports(tmp_path: Pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(run) == _metrics(straight)
     assert main(["evaluate", str(run), "--k", "5", "--limit", "500"]) == 0
-    assert main(["report", str(run)]) == 0
+    assert main(["report", str(run), "--k", "10", "--limit", "300"]) == 0
     assert (run / "report.html").read_text().count("data:image/png;base64,") == 3
