@@ -20,7 +20,7 @@ FIELDS = {
 
 def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
-    a("--data", help="dataset name (binarized-mnist, mnist, fashion-mnist, digits, synthetic, pbmc) or a "
+    a("--data", help="dataset name (binarized-mnist, mnist, fashion-mnist, digits, synthetic, dsprites, pbmc) or a "
       ".npy/.npz/.csv/.h5ad/.mtx file (default binarized-mnist)")  # fmt: skip
     a("--model", choices=("vae", "bnn"), help="vae (default): a latent z per point; bnn: a Bayesian neural network "
       "(its weights the latent) predicting --target from the other columns, or an image dataset's labels")  # fmt: skip

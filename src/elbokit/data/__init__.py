@@ -5,7 +5,7 @@ target column, or an image dataset's labels).
 
 >>> from elbokit.data import load, available
 >>> available()
-['mnist', 'binarized-mnist', 'fashion-mnist', 'digits', 'synthetic', 'pbmc']
+['mnist', 'binarized-mnist', 'fashion-mnist', 'digits', 'synthetic', 'dsprites', 'dsprites-small', 'pbmc']
 >>> ds = load("digits", seed=0)
 >>> ds.train.shape, ds.image_shape, ds.support
 (torch.Size([1437, 64]), (8, 8), 'unit')
@@ -23,6 +23,9 @@ from elbokit.data.registry import available, load, register
 
 # After idx: datasets are listed in registration order, the MNIST family first.
 from elbokit.data.small import synthetic_model
+
+# After small: the sprites with known factors (dsprites, dsprites-small).
+from elbokit.data.dsprites import DSPRITES_FACTORS, load_factors  # isort: skip
 from elbokit.data.tables import TABLES, Table, load_table
 
 # After small: pbmc is listed last.
@@ -30,6 +33,7 @@ from elbokit.data.pbmc import PBMC_SHAPE, pbmc_folders, read_rdb  # isort: skip
 
 __all__ = [
     "BINARIZE_EVAL_SEED",
+    "DSPRITES_FACTORS",
     "FASHION_MNIST_DIR",
     "MNIST_FILES",
     "MNIST_MIRROR",
@@ -43,6 +47,7 @@ __all__ = [
     "cache_root",
     "download",
     "load",
+    "load_factors",
     "load_file",
     "load_h5ad",
     "load_mtx",

@@ -16,6 +16,7 @@
     dx.sweep(config, betas)               # one model per beta: the rate-distortion curve
     dx.mode_seeking()                     # a Gaussian fitted to two modes by the reverse and the forward KL
     dx.diagnose(model, guide, x, k=1000)  # all of the above at once: a Diagnosis (to_dict / from_dict)
+    dx.mig(z, factors), dx.dci(z, factors), dx.factor_vae_score(z, factors)  # disentanglement of codes (N, d)
 """
 
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from elbokit.diagnostics.collapse import Collapse, collapse
 from elbokit.diagnostics.diagnose import diagnose
 from elbokit.diagnostics.diagnosis import AisFigure, Diagnosis, PointFigures, SurgeryFigure
+from elbokit.diagnostics.disentanglement import DCI, MIG, FactorVAEScore, dci, factor_vae_score, mig
 from elbokit.diagnostics.evidence import CurvePoint, ais, bdmc, iwae_curve, pareto_khat
 from elbokit.diagnostics.gaps import Gaps, GapSummary, gaps, refine
 from elbokit.diagnostics.mode_seeking import ModeSeekingResult, mode_seeking
@@ -31,10 +33,13 @@ from elbokit.diagnostics.reference import reference_log_px, refined_proposal
 from elbokit.diagnostics.surgery import Surgery, surgery
 
 __all__ = [
+    "DCI",
+    "MIG",
     "AisFigure",
     "Collapse",
     "CurvePoint",
     "Diagnosis",
+    "FactorVAEScore",
     "GapSummary",
     "Gaps",
     "ModeSeekingResult",
@@ -46,9 +51,12 @@ __all__ = [
     "ais",
     "bdmc",
     "collapse",
+    "dci",
     "diagnose",
+    "factor_vae_score",
     "gaps",
     "iwae_curve",
+    "mig",
     "mode_seeking",
     "pareto_khat",
     "rate_distortion",
