@@ -690,8 +690,8 @@ def test_unknown_name_lists_the_choices() -> None:
     with pytest.raises(DataError) as err:
         load("foo")
     assert _one_line(err) == (
-        "unknown dataset 'foo': expected one of mnist, binarized-mnist, fashion-mnist, digits, synthetic, pbmc "
-        "or a .npy/.npz/.csv/.h5ad/.mtx file"
+        "unknown dataset 'foo': expected one of mnist, binarized-mnist, fashion-mnist, digits, synthetic, dsprites, "
+        "dsprites-small, pbmc or a .npy/.npz/.csv/.h5ad/.mtx file"
     )
 
 
