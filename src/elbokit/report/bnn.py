@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from elbokit._io import atomic_write
-from elbokit.report.html import _STYLE, _section, _setting, _table, _text
+from elbokit.report.html import _section, _table, page_head
 from elbokit.report.sections import Section, _figure, number
 from elbokit.runs.bnn_evaluation import BNNEvaluation
 
@@ -58,21 +58,9 @@ def bnn_sections(result: BNNEvaluation, history: Sequence[Mapping[str, Any]]) ->
 
 def render_bnn_page(result: BNNEvaluation, sections: Sequence[Section], *, settings: Mapping[str, Any] | None = None,
                     dataset: Mapping[str, Any] | None = None, title: str | None = None) -> str:  # fmt: skip
-    heading = "elbokit report" if title is None else f"elbokit report: {title}"
     intro = (f"A Bayesian neural network's {result.task}: its predictive distribution on the {result.split} split "
              f"({result.n} points, {result.samples} draws of the weights from q(w)), per data point.")  # fmt: skip
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{_text(heading)}</title>", f"<style>{_STYLE}</style>", "</head>", "<body>",
-             f"<h1>{_text(heading)}</h1>", f"<p>{_text(intro)}</p>"]  # fmt: skip
-    tables = [(name, css_id, rows) for name, css_id, rows in (("Configuration", "config", settings),
-              ("Dataset", "dataset", dataset)) if rows is not None]  # fmt: skip
-    if tables:
-        parts += ['<section id="header">', "<h2>Setup</h2>"]
-        for name, css_id, rows in tables:
-            parts += [f"<details open><summary>{_text(name)}</summary>",
-                      _table([(k, _setting(v)) for k, v in rows.items()], css_id=css_id), "</details>"]  # fmt: skip
-        parts.append("</section>")
+    parts = page_head(title, intro, settings=settings, dataset=dataset)
     parts += ['<section id="summary">', "<h2>Summary</h2>", _table(_summary(result), css_id="summary-table"),
               "</section>"]  # fmt: skip
     for s in sections:

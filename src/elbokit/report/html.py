@@ -22,7 +22,7 @@ from elbokit.report.sections import Section, number
 if TYPE_CHECKING:
     from elbokit.diagnostics import Diagnosis
 
-__all__ = ["render_page"]
+__all__ = ["page_head", "render_page"]
 
 
 def _text(value: Any) -> str:
@@ -116,11 +116,10 @@ def _section(s: Section) -> list[str]:
     return parts
 
 
-def render_page(d: Diagnosis, sections: Sequence[Section], *, data_dim: int, discrete: bool = False,
-                settings: Mapping[str, Any] | None = None, dataset: Mapping[str, Any] | None = None,
-                title: str | None = None) -> str:  # fmt: skip
-    """The page as one HTML string: a header (settings and dataset, where given), the summary of ``d``, then
-    ``sections``. Every value is escaped, whatever its type."""
+def page_head(title: str | None, intro: str, *, settings: Mapping[str, Any] | None = None,
+              dataset: Mapping[str, Any] | None = None) -> list[str]:  # fmt: skip
+    """A report page's opening lines: the document head with the style sheet, the heading, ``intro``, and the
+    setup section (the settings and the dataset as tables, where given). Every value is escaped."""
     heading = "elbokit report" if title is None else f"elbokit report: {title}"
     parts = [
         "<!DOCTYPE html>",
@@ -133,7 +132,7 @@ def render_page(d: Diagnosis, sections: Sequence[Section], *, data_dim: int, dis
         "</head>",
         "<body>",
         f"<h1>{_text(heading)}</h1>",
-        f"<p>{_text(_intro(d, dataset))}</p>",
+        f"<p>{_text(intro)}</p>",
     ]
     tables = (("Configuration", "config", settings), ("Dataset", "dataset", dataset))
     described = [(name, css_id, rows) for name, css_id, rows in tables if rows is not None]
@@ -143,6 +142,15 @@ def render_page(d: Diagnosis, sections: Sequence[Section], *, data_dim: int, dis
             parts += [f"<details open><summary>{_text(name)}</summary>",
                       _table([(k, _setting(v)) for k, v in rows.items()], css_id=css_id), "</details>"]  # fmt: skip
         parts.append("</section>")
+    return parts
+
+
+def render_page(d: Diagnosis, sections: Sequence[Section], *, data_dim: int, discrete: bool = False,
+                settings: Mapping[str, Any] | None = None, dataset: Mapping[str, Any] | None = None,
+                title: str | None = None) -> str:  # fmt: skip
+    """The page as one HTML string: a header (settings and dataset, where given), the summary of ``d``, then
+    ``sections``. Every value is escaped, whatever its type."""
+    parts = page_head(title, _intro(d, dataset), settings=settings, dataset=dataset)
     parts += [
         '<section id="summary">',
         "<h2>Summary</h2>",

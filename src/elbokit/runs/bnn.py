@@ -15,11 +15,18 @@ import torch
 from elbokit.config import RunConfig
 from elbokit.data.tables import Table, load_table
 from elbokit.models.bnn import BNN, parse_prior
-from elbokit.rundir import REPLACED, replaced_folder
 from elbokit.runs.bnn_evaluation import BNNEvaluation, evaluate_bnn
 from elbokit.runs.build import ACTIVATIONS
-from elbokit.runs.files import CONFIG, EVALUATION, check_data_file, read_description, write_json, writing_run
-from elbokit.train.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_model_state
+from elbokit.runs.files import (
+    CONFIG,
+    EVALUATION,
+    check_data_file,
+    read_description,
+    which_checkpoint,
+    write_json,
+    writing_run,
+)
+from elbokit.train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
 from elbokit.train.epochs import resolve_device
 from elbokit.train.loop import FitResult
 
@@ -113,14 +120,7 @@ class BNNRun:
         path = Path(path)
         config = RunConfig.load(path / CONFIG)
         target = resolve_device(device)
-        if not (path / CHECKPOINT).exists() and replaced_folder(path) is not None:
-            raise ValueError(f"no checkpoint in {path}: its new run stopped before writing one; the run it "
-                             f"replaced is kept in {path / REPLACED}")  # fmt: skip
-        if checkpoint == "auto":
-            checkpoint = "best" if config.patience is not None and (path / BEST).exists() else "last"
-        if checkpoint == "best" and not (path / BEST).exists():
-            raise ValueError(f"no best checkpoint in {path} ({BEST} is missing)")
-        name = BEST if checkpoint == "best" else CHECKPOINT
+        checkpoint, name = which_checkpoint(path, config, checkpoint)
         saved = load_checkpoint(path, name=name)
         check_data_file(path, config)
         table = load_bnn_table(config)

@@ -16,6 +16,7 @@ from elbokit.config import RunConfig
 from elbokit.data import Dataset, available
 from elbokit.data.registry import FILE_SUFFIXES
 from elbokit.rundir import (
+    REPLACED,
     discard_replaced,
     locked,
     remove_stale_temporaries,
@@ -50,6 +51,20 @@ def vae_only(path: Path, command: str) -> None:
     """Refuse (one line) ``command`` on a bnn run."""
     if run_model(path) == "bnn":
         raise ValueError(f"{command} applies to VAE runs; {path} holds a bnn run (it has evaluate and report)")
+
+
+def which_checkpoint(path: Path, config: RunConfig, checkpoint: str) -> tuple[str, str]:
+    """The checkpoint a reading command opens, as ("last" | "best", its file name): ``checkpoint`` "last", "best"
+    or "auto" (best when the run stops early and has one, else last). ValueError (one line) when it is missing, or
+    when the folder's new run stopped before its first checkpoint and the run it replaced is set aside."""
+    if not (path / CHECKPOINT).exists() and replaced_folder(path) is not None:
+        raise ValueError(f"no checkpoint in {path}: its new run stopped before writing one; the run it "
+                         f"replaced is kept in {path / REPLACED}")  # fmt: skip
+    if checkpoint == "auto":
+        checkpoint = "best" if config.patience is not None and (path / BEST).exists() else "last"
+    if checkpoint == "best" and not (path / BEST).exists():
+        raise ValueError(f"no best checkpoint in {path} ({BEST} is missing: a run from before it was kept)")
+    return checkpoint, BEST if checkpoint == "best" else CHECKPOINT
 
 
 def holds_run(path: Path) -> bool:

@@ -20,14 +20,10 @@ from elbokit.diagnostics.reference import ReferenceMethod
 from elbokit.distributed import rank_device, world
 from elbokit.models import VAE, Guide
 from elbokit.report.images import image_grid, write_png
-from elbokit.rundir import (
-    REPLACED,
-    replaced_folder,
-)
 from elbokit.runs.build import build_model, check_data, load_data, training_points
 from elbokit.runs.evaluation import Evaluation, evaluate
-from elbokit.runs.files import CONFIG, EVALUATION, check_data_file, read_description, write_json
-from elbokit.train.checkpoint import BEST, CHECKPOINT, load_checkpoint, load_model_state
+from elbokit.runs.files import CONFIG, EVALUATION, check_data_file, read_description, which_checkpoint, write_json
+from elbokit.train.checkpoint import load_checkpoint, load_model_state
 from elbokit.train.epochs import resolve_device
 from elbokit.train.records import METRICS
 
@@ -77,14 +73,8 @@ class Run:
             bnn: Any = BNNRun.open(path, device=device, checkpoint=checkpoint)
             return bnn
         target = resolve_device(rank_device(device))  # in a process group: each rank on its own GPU
-        if not (path / CHECKPOINT).exists() and replaced_folder(path) is not None:
-            raise ValueError(f"no checkpoint in {path}: its new run stopped before writing one; the run it "
-                             f"replaced is kept in {path / REPLACED}")  # fmt: skip
-        if checkpoint == "auto":
-            checkpoint = "best" if config.patience is not None and (path / BEST).exists() else "last"
-        if checkpoint == "best" and not (path / BEST).exists():
-            raise ValueError(f"no best checkpoint in {path} ({BEST} is missing: a run from before it was kept)")
-        saved = load_checkpoint(path, name=BEST if checkpoint == "best" else CHECKPOINT)
+        checkpoint, name = which_checkpoint(path, config, checkpoint)
+        saved = load_checkpoint(path, name=name)
         check_data_file(path, config, contents=False)
         data = load_data(config)
         trained_dim = read_description(path).get("data_dim")
@@ -92,7 +82,7 @@ class Run:
             raise ValueError(f"{config.data} now has dimension {data.data_dim}; the run was trained on {trained_dim}")
         check_data_file(path, config)
         model = build_model(config, data.data_dim, training_points(config, data))
-        load_model_state(model, saved, source=f"{path / (BEST if checkpoint == 'best' else CHECKPOINT)}")
+        load_model_state(model, saved, source=f"{path / name}")
         recorded = saved.state.get("config", {})
         differs = [name for name, value in config.to_dict().items()
                    if name not in _MAY_CHANGE and name in recorded and recorded[name] != value]  # fmt: skip
