@@ -28,12 +28,15 @@ AUTO_LIKELIHOOD = "auto"
 LIKELIHOOD_FOR_SUPPORT = {"binary": "bernoulli", "unit": "bernoulli", "real": "gaussian:learned", "count": "nb"}
 DEFAULT_FLOW_TRANSFORMS = 4
 MODELS = ("vae", "bnn")
+ARCHS = ("mlp", "conv")
+#: The networks' defaults for each ``arch`` (hidden widths, activation): conv is Burgess et al. (2018)'s β-VAE.
+ARCH_DEFAULTS: dict[str, tuple[tuple[int, ...], str]] = {"mlp": ((200, 200), "tanh"), "conv": ((256, 256), "relu")}
 BNN_TASKS = ("auto", "regression", "classification")
 #: The bnn-only settings at their defaults (a vae run must leave them so).
 BNN_DEFAULTS: dict[str, Any] = {"target": None, "task": "auto", "prior": "normal", "estimator": "local"}
 #: The vae-only settings at their defaults (a bnn run must leave them so).
 VAE_ONLY: dict[str, Any] = {"objective": "elbo", "gradient": "reparam", "guide": "gaussian", "likelihood": "auto",
-                            "binarize": None, "layer": None}  # fmt: skip
+                            "binarize": None, "layer": None, "arch": "mlp"}  # fmt: skip
 
 
 class GuideSpec(NamedTuple):
@@ -88,8 +91,14 @@ class RunConfig:
     # (one weight draw per minibatch) or "flipout" (Wen et al. 2018)
     estimator: str = "local"
     latent_dim: int = 50  # d, dimension of z
-    hidden: tuple[int, ...] = (200, 200)  # encoder hidden sizes; the decoder mirrors them
-    activation: str = "tanh"  # between hidden layers: tanh, relu, softplus, elu or gelu
+    # the networks: "mlp" (fully connected) or "conv" (images: 4x4 convolutions of stride 2, 32 channels, then the
+    # `hidden` layers; the decoder in reverse; Burgess et al. 2018's beta-VAE on 64x64, elbokit.models.conv)
+    arch: str = "mlp"
+    # encoder hidden sizes (after the convolutions for arch "conv"); the decoder mirrors them. Unset: the arch's
+    # default, (200, 200) for mlp and (256, 256) for conv
+    hidden: tuple[int, ...] = None  # type: ignore[assignment]  # None until validate() fills in the arch's default
+    # between hidden layers: tanh, relu, softplus, elu or gelu. Unset: tanh for mlp, relu for conv
+    activation: str = None  # type: ignore[assignment]  # as hidden
     # p(x|z): bernoulli, continuous-bernoulli, gaussian[:SCALE|learned|decoder], laplace[:SCALE|learned|decoder],
     # or "auto": follows the data (values in {0, 1} or [0, 1]: bernoulli; other reals: gaussian:learned), and a run
     # records what it chose
@@ -133,6 +142,13 @@ class RunConfig:
         """Check every field's type and range, and the fields against each other: ValueError (one line) naming
         the field, what it takes and what it got. Numbers given as ints where floats are meant become floats;
         ``hidden`` becomes a tuple. A TOML file, the CLI and Python get the same checks."""
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        hidden, activation = ARCH_DEFAULTS[self.arch]
+        if self.hidden is None:
+            self.hidden = hidden
+        if self.activation is None:
+            self.activation = activation
         for name in ("data", "activation", "likelihood", "guide", "objective", "gradient", "anneal", "lr_schedule",
                      "device", "model", "task", "prior", "estimator"):  # fmt: skip
             _check_str(name, getattr(self, name))

@@ -20,9 +20,11 @@ from elbokit.distributed import alone, barrier, gather_objects, rank_device, wor
 from elbokit.estimators._weights import check_positive_int
 from elbokit.runs import (
     EVALUATION,
+    SCORES,
     Run,
     absolute_data,
     evaluate,
+    factor_scores,
     holds_run,
     load_data,
     new_model,
@@ -41,6 +43,7 @@ def sweep(
     k: int = 1000,
     limit: int | None = 1000,
     samples: int = 10,
+    factor_points: int | None = 5000,
     overwrite: bool = False,
 ) -> list[SweepPoint]:
     r"""Train one model per β and place each on the rate-distortion plane, with its log p(x).
@@ -54,6 +57,10 @@ def sweep(
         R_\beta, \quad D_\beta, \quad \mathrm{ELBO}_\beta = -(R_\beta + D_\beta), \quad
         \log \hat p_\beta(x) \ (\text{importance sampling, } k \text{ draws})
 
+    and, for data with known generative factors (the sprite datasets), the disentanglement of the codes E_q z of
+    the first ``factor_points`` test points (:func:`elbokit.diagnostics.disentanglement`: MIG, DCI, FactorVAE),
+    which tests the claim that a larger β finds the factors (Higgins et al. 2017).
+
     Args:
         config: the run's settings; its ``beta`` is replaced by each of ``betas``.
         betas: KL weights, each >= 0.
@@ -61,6 +68,8 @@ def sweep(
         k: importance samples per point for log p(x).
         limit: evaluate on the first ``limit`` test points (``None``: all).
         samples: draws of z per point for the distortion.
+        factor_points: the test points whose codes the disentanglement metrics use (``None``: all); ignored for
+            data without known factors.
         overwrite: replace runs already in the run directories (otherwise they are an error).
 
     Returns:
@@ -68,6 +77,7 @@ def sweep(
 
     References:
         Alemi et al. (2018). Fixing a broken ELBO. ICML.
+        Higgins et al. (2017). β-VAE: learning basic visual concepts with a constrained variational framework. ICLR.
     """
     betas = [float(b) for b in betas]
     if not betas:
@@ -79,8 +89,9 @@ def sweep(
         raise ValueError(f"betas must be distinct, got {betas}")
     check_positive_int("k", k)
     check_positive_int("samples", samples)
-    if limit is not None:
-        check_positive_int("limit", limit)
+    for name, value in (("limit", limit), ("factor_points", factor_points)):
+        if value is not None:
+            check_positive_int(name, value)
     dirs = [None if out is None else Path(out) / f"beta-{b:g}" for b in betas]
     for d in dirs:
         if d is not None and holds_run(d) and not overwrite:
@@ -97,12 +108,12 @@ def sweep(
     with alone():
         for i in mine:
             points.append(_sweep_point(config, data, betas[i], dirs[i], k=k, limit=limit, samples=samples,
-                                       overwrite=overwrite))  # fmt: skip
+                                       factor_points=factor_points, overwrite=overwrite))  # fmt: skip
     return [point for part in gather_objects(points) for point in part]
 
 
 def _sweep_point(config: RunConfig, data: Dataset, b: float, run_dir: Path | None, *, k: int, limit: int | None,
-                 samples: int, overwrite: bool) -> SweepPoint:  # fmt: skip
+                 samples: int, factor_points: int | None, overwrite: bool) -> SweepPoint:  # fmt: skip
     """One β of :func:`sweep`: trained, evaluated and placed on the rate-distortion plane."""
     cfg = dataclasses.replace(config, beta=b)
     model = new_model(cfg, data)
@@ -125,8 +136,10 @@ def _sweep_point(config: RunConfig, data: Dataset, b: float, run_dir: Path | Non
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         point = rate_distortion(model, model.encoder, x, samples=samples, batch_size=100)
+    scores = factor_scores(model, data, "test", limit=factor_points, data_seed=cfg.seed, seed=cfg.seed)
     return SweepPoint(
         beta=b, rate=point.rate, distortion=point.distortion, elbo=point.elbo, log_px=evaluation.log_px,
         log_px_stderr=evaluation.log_px_stderr, rate_stderr=point.rate_stderr,
         distortion_stderr=point.distortion_stderr, min_ess=evaluation.min_ess, path=run_dir,
+        **({} if scores is None else {name: getattr(scores, name) for name in SCORES}),
     )  # fmt: skip

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from elbokit.cli._args import UsageError, _int_list, _number, _positive_int, add_nproc_flag
-from elbokit.config import ACTIVATIONS, LR_SCHEDULES, OBJECTIVES, RunConfig
+from elbokit.config import ACTIVATIONS, ARCHS, LR_SCHEDULES, OBJECTIVES, RunConfig
 
 #: Flag destinations that are RunConfig fields (everything else is an option of the command itself).
 FIELDS = {
     "data", "data_dir", "layer", "binarize", "limit", "latent_dim", "hidden", "activation", "likelihood",
     "objective", "k", "gradient", "beta", "anneal", "epochs", "batch_size", "lr", "local_lr", "lr_schedule", "clip",
     "patience", "seed", "device", "quiet", "guide", "log_every", "tensorboard", "model", "target", "task", "prior",
-    "estimator",
+    "estimator", "arch",
 }  # fmt: skip
 
 
@@ -40,8 +40,11 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     a("--epochs", type=_positive_int, help="passes over the training set (default 10)")
     a("--seed", type=int, help="random seed (default 0)")
     a("--latent-dim", type=_positive_int, help="d, dimension of z (default 50)")
-    a("--hidden", type=_int_list, help="hidden sizes, comma-separated (default 200,200)")
-    a("--activation", choices=ACTIVATIONS, help="hidden activation (default tanh)")
+    a("--arch", choices=ARCHS, help="the networks: mlp (default) or conv (images: Burgess et al. 2018's β-VAE "
+      "convolutions, 4x4 of stride 2 with 32 channels, then the --hidden layers)")  # fmt: skip
+    a("--hidden", type=_int_list, help="hidden sizes, comma-separated (default 200,200; with --arch conv the fully "
+      "connected layers after the convolutions, default 256,256)")  # fmt: skip
+    a("--activation", choices=ACTIVATIONS, help="hidden activation (default tanh; relu with --arch conv)")
     a("--likelihood", help="auto (default: follows the data), bernoulli, continuous-bernoulli, "
       "gaussian[:S|learned|decoder], laplace[:S|learned|decoder]")  # fmt: skip
     a("--guide", help="q(z|x): gaussian (diagonal, default), full (full covariance), flow[:K] (K inverse "

@@ -17,13 +17,16 @@ def add_command(commands: Any) -> None:
     p = commands.add_parser(
         "sweep", help="train one model per β and print the rate-distortion curve",
         description="Train one model per β with a run's configuration (Alemi et al. 2018): each into "
-        "DIR/sweep/beta-B, then rate, distortion, ELBO and log p(x) on its test points; writes DIR/sweep.json.",
+        "DIR/sweep/beta-B, then rate, distortion, ELBO and log p(x) on its test points, and for data with known "
+        "generative factors (dsprites) the disentanglement metrics MIG, DCI and FactorVAE; writes DIR/sweep.json.",
     )  # fmt: skip
     p.add_argument("run", type=Path, help="run directory whose configuration the sweep reuses")
     p.add_argument("--beta", type=_number_list, required=True, help="comma-separated β values, e.g. 0.25,0.5,1,2,4")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model (default: the run's)")
     p.add_argument("--k", type=_positive_int, default=1000, help="importance samples for log p(x) (default 1000)")
     p.add_argument("--limit", type=_positive_int, default=1000, help="test points evaluated (default 1000)")
+    p.add_argument("--factor-points", type=_positive_int, default=5000, help="data with known factors (dsprites): "
+                   "test points whose codes MIG, DCI and the FactorVAE score use (default 5000)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an earlier sweep")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_device(p, default=None)  # None: the run's own device setting
@@ -52,14 +55,21 @@ def run(args: argparse.Namespace) -> int:
     barrier()  # every rank has checked the folder before rank 0 takes it
     main = world().main  # in a process group, rank 0 holds the lock and writes sweep.json
     with locked(args.run, what="elbokit sweep") if main else contextlib.nullcontext():
-        points = sweep(config, args.beta, out, k=args.k, limit=args.limit, overwrite=args.overwrite)
+        points = sweep(config, args.beta, out, k=args.k, limit=args.limit, factor_points=args.factor_points,
+                       overwrite=args.overwrite)  # fmt: skip
         rows = [p._asdict() | {"path": str(p.path)} for p in points]
         if main:
             write_json(args.run / f"{SWEEP}.json", rows)
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'β':>6}{'rate':>10}{'distortion':>12}{'ELBO':>11}{'log p(x)':>18}")
+    factors = all(p.mig is not None for p in points)
+    scores = f"{'MIG':>7}{'DCI D':>7}{'DCI C':>7}{'DCI I':>7}{'FVAE':>7}" if factors else ""
+    print(f"{'β':>6}{'rate':>10}{'distortion':>12}{'ELBO':>11}{'log p(x)':>18}{scores}")
     for p in points:
-        print(f"{p.beta:6g}{p.rate:10.3f}{p.distortion:12.3f}{p.elbo:11.3f}{p.log_px:11.3f} ± {p.log_px_stderr:.3f}")
+        line = f"{p.beta:6g}{p.rate:10.3f}{p.distortion:12.3f}{p.elbo:11.3f}{p.log_px:11.3f} ± {p.log_px_stderr:.3f}"
+        if factors:
+            values = (p.mig, p.dci_disentanglement, p.dci_completeness, p.dci_informativeness, p.factor_vae)
+            line += "".join(f"{v:7.3f}" for v in values)
+        print(line)
     return 0

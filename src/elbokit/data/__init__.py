@@ -25,7 +25,7 @@ from elbokit.data.registry import available, load, register
 from elbokit.data.small import synthetic_model
 
 # After small: the sprites with known factors (dsprites, dsprites-small).
-from elbokit.data.dsprites import DSPRITES_FACTORS, load_factors  # isort: skip
+from elbokit.data.dsprites import DSPRITES_FACTORS, known_factors, load_factors  # isort: skip
 from elbokit.data.tables import TABLES, Table, load_table
 
 # After small: pbmc is listed last.
@@ -46,6 +46,7 @@ __all__ = [
     "available",
     "cache_root",
     "download",
+    "known_factors",
     "load",
     "load_factors",
     "load_file",

@@ -331,3 +331,11 @@ def load_dsprites_small(*, seed: int = 0) -> Dataset:
     Factors of every image: :func:`load_factors` ``("dsprites-small", seed=seed)``.
     """
     return _load("dsprites-small", seed)
+
+
+def known_factors(name: str, split: str, *, seed: int = 0) -> tuple[Tensor, tuple[str, ...]] | None:
+    """The (N, 5) factor codes of split ``split`` of dataset ``name`` and the factors' names, or ``None`` for a
+    dataset without known generative factors (anything but the sprite datasets)."""
+    if name not in _GRIDS:
+        return None
+    return load_factors(name, seed=seed).split(split), tuple(factor.name for factor in _GRIDS[name].factors)

@@ -17,6 +17,7 @@
     dx.mode_seeking()                     # a Gaussian fitted to two modes by the reverse and the forward KL
     dx.diagnose(model, guide, x, k=1000)  # all of the above at once: a Diagnosis (to_dict / from_dict)
     dx.mig(z, factors), dx.dci(z, factors), dx.factor_vae_score(z, factors)  # disentanglement of codes (N, d)
+    dx.disentanglement(z, factors, names=...)  # all three at once, and the latent that carries each factor
 """
 
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from elbokit.diagnostics.collapse import Collapse, collapse
 from elbokit.diagnostics.diagnose import diagnose
 from elbokit.diagnostics.diagnosis import AisFigure, Diagnosis, PointFigures, SurgeryFigure
+from elbokit.diagnostics.disentangle import Disentanglement, disentanglement
 from elbokit.diagnostics.disentanglement import DCI, MIG, FactorVAEScore, dci, factor_vae_score, mig
 from elbokit.diagnostics.evidence import CurvePoint, ais, bdmc, iwae_curve, pareto_khat
 from elbokit.diagnostics.gaps import Gaps, GapSummary, gaps, refine
@@ -39,6 +41,7 @@ __all__ = [
     "Collapse",
     "CurvePoint",
     "Diagnosis",
+    "Disentanglement",
     "FactorVAEScore",
     "GapSummary",
     "Gaps",
@@ -53,6 +56,7 @@ __all__ = [
     "collapse",
     "dci",
     "diagnose",
+    "disentanglement",
     "factor_vae_score",
     "gaps",
     "iwae_curve",

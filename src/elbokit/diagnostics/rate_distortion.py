@@ -78,6 +78,9 @@ class SweepPoint(NamedTuple):
         min_ess: the smallest effective sample size of the importance weights over the test points; far below
             k, it says the error bar of ``log_px`` is not to be trusted (``log_marginal`` also warns then).
         path: the run directory, or ``None`` when nothing was written.
+        mig, dci_disentanglement, dci_completeness, dci_informativeness, factor_vae: the model's disentanglement
+            (:func:`elbokit.diagnostics.disentanglement`) on the test points' codes, for data with known
+            generative factors (the sprite datasets); ``None`` for other data.
     """
 
     beta: float
@@ -90,6 +93,11 @@ class SweepPoint(NamedTuple):
     distortion_stderr: float
     min_ess: float
     path: Path | None
+    mig: float | None = None
+    dci_disentanglement: float | None = None
+    dci_completeness: float | None = None
+    dci_informativeness: float | None = None
+    factor_vae: float | None = None
 
 
 @torch.no_grad()

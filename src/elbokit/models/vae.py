@@ -152,6 +152,36 @@ class VAE(nn.Module):
             decoder = LibraryDecoder(decoder)
         return cls(encoder, decoder, observation, latent_dim=latent_dim, data_dim=data_dim)
 
+    @classmethod
+    def conv(
+        cls,
+        image_shape: tuple[int, int],
+        latent_dim: int,
+        *,
+        channels: Sequence[int] = (32, 32, 32, 32),
+        hidden: Sequence[int] = (256, 256),
+        activation: type[nn.Module] = nn.ReLU,
+        likelihood: str | Likelihood = "bernoulli",
+        covariance: Covariance = "diagonal",
+        min_scale: float = 1e-5,
+        guide: Literal["gaussian", "flow", "local"] = "gaussian",
+        transforms: int = 4,
+        num_points: int | None = None,
+    ) -> VAE:
+        """A convolutional VAE for H×W images (:mod:`elbokit.models.conv`): 4×4 convolutions of stride 2 and fully
+        connected layers in the encoder, the same in reverse in the decoder. The defaults on 64×64 images are
+        Burgess et al. (2018)'s β-VAE network; ``channels``, ``hidden`` and the rest are :meth:`mlp`'s, with
+        ``hidden`` the fully connected widths after the convolutions.
+
+        References:
+            Burgess et al., "Understanding disentangling in β-VAE", arXiv:1804.03599, 2018.
+        """
+        from elbokit.models.conv_vae import conv_vae  # builds on this class
+
+        return conv_vae(image_shape, latent_dim, channels=channels, hidden=hidden, activation=activation,
+                        likelihood=likelihood, covariance=covariance, min_scale=min_scale, guide=guide,
+                        transforms=transforms, num_points=num_points)  # fmt: skip
+
     # ---- the model: LatentModel protocol ---------------------------------------------------------------------
     @property
     def event_shape(self) -> torch.Size | None:
@@ -202,10 +232,14 @@ class VAE(nn.Module):
         """
         net = getattr(self.decoder, "net", self.decoder)  # a LibraryDecoder's network (latent library)
         last = net[-1] if isinstance(net, nn.Sequential) else net
-        if not isinstance(last, nn.Linear) or last.bias is None:
-            raise TypeError(
-                f"init_output_bias needs a decoder ending in nn.Linear with a bias, got {type(last).__name__}"
-            )
+        bias = getattr(self.decoder, "output_bias", None)  # a ConvDecoder's bias per output entry
+        if isinstance(bias, nn.Parameter):
+            out_features = bias.shape[0]
+        elif isinstance(last, nn.Linear) and last.bias is not None:
+            bias, out_features = last.bias, last.out_features
+        else:
+            raise TypeError(f"init_output_bias needs a decoder ending in nn.Linear with a bias (or with an "
+                            f"output_bias), got {type(last).__name__}")  # fmt: skip
         if not isinstance(data_mean, Tensor) or not data_mean.is_floating_point():
             given = data_mean.dtype if isinstance(data_mean, Tensor) else type(data_mean).__name__
             raise ValueError(f"data_mean must be a floating-point tensor, got {given}")
@@ -213,13 +247,13 @@ class VAE(nn.Module):
         check_values(data_mean, "data_mean")
         d = data_mean.shape[0]
         passed = int(getattr(self.observation, "latent_library", False))  # log ℓ, passed by the decoder
-        if self.observation.output_size(d) - passed != last.out_features:
+        if self.observation.output_size(d) - passed != out_features:
             raise ValueError(
-                f"data_mean has {d} entries; the decoder outputs {last.out_features}, "
+                f"data_mean has {d} entries; the decoder outputs {out_features}, "
                 f"not {self.observation.output_size(d)} as the {self.observation.name} likelihood needs for D = {d}"
             )
-        target = data_mean.to(dtype=last.bias.dtype, device=last.bias.device)
-        last.bias[:d] = self.observation.inverse_mean(target)
+        target = data_mean.to(dtype=bias.dtype, device=bias.device)
+        bias[:d] = self.observation.inverse_mean(target)
         set_library = getattr(self.observation, "set_library", None)
         if callable(set_library):  # counts: generation's library, the mean total until a better one is set
             set_library(float(target.sum()))

@@ -26,15 +26,16 @@ from torch import Tensor
 from elbokit._io import atomic_write
 
 if TYPE_CHECKING:
-    from elbokit.diagnostics import Diagnosis, SweepPoint
+    from elbokit.diagnostics import Diagnosis, Disentanglement, SweepPoint
     from elbokit.models import LatentModel
 
 __all__ = ["render", "write"]
 
 
-def _check(diagnosis: Any, x: Any, labels: Any, image_shape: Any, history: Any, sweep: Any) -> None:
+def _check(diagnosis: Any, x: Any, labels: Any, image_shape: Any, history: Any, sweep: Any,
+           disentanglement: Any = None) -> None:  # fmt: skip
     """ValueError (one line) for arguments that do not fit together."""
-    from elbokit.diagnostics import Diagnosis, SweepPoint
+    from elbokit.diagnostics import Diagnosis, Disentanglement, SweepPoint
 
     if not isinstance(diagnosis, Diagnosis):
         raise ValueError(f"diagnosis must be an elbokit.diagnostics.Diagnosis, got {type(diagnosis).__name__}")
@@ -55,6 +56,9 @@ def _check(diagnosis: Any, x: Any, labels: Any, image_shape: Any, history: Any, 
         raise ValueError("history must be a sequence of mappings, one per epoch (the lines of metrics.jsonl)")
     if sweep is not None and not all(isinstance(p, SweepPoint) for p in sweep):
         raise ValueError("sweep must be a sequence of elbokit.diagnostics.SweepPoint")
+    if disentanglement is not None and not isinstance(disentanglement, Disentanglement):
+        raise ValueError(f"disentanglement must be an elbokit.diagnostics.Disentanglement, "
+                         f"got {type(disentanglement).__name__}")  # fmt: skip
 
 
 def render(
@@ -67,6 +71,7 @@ def render(
     discrete: bool = False,
     history: Sequence[Mapping[str, Any]] = (),
     sweep: Sequence[SweepPoint] | None = None,
+    disentanglement: Disentanglement | None = None,
     settings: Mapping[str, Any] | None = None,
     dataset: Mapping[str, Any] | None = None,
     title: str | None = None,
@@ -86,7 +91,10 @@ def render(
             dimension mean something; False for continuous likelihoods (a density).
         history: per-epoch rows (``metrics.jsonl``, ``FitResult.history``) for the training curves; only their
             numbers are drawn. Empty: no training section.
-        sweep: a β sweep's points, drawn on the rate-distortion plane instead of this model's one point.
+        sweep: a β sweep's points, drawn on the rate-distortion plane instead of this model's one point (and,
+            where they carry disentanglement scores, against β).
+        disentanglement: the model's disentanglement scores on data with known factors
+            (:func:`elbokit.diagnostics.disentanglement`): a section with them and a traversal per factor.
         settings: the configuration to list (e.g. ``RunConfig.to_dict()``).
         dataset: a description of the data to list (e.g. a run's ``dataset.json``); its ``name`` opens the page.
         title: what the report is of (the page is titled "elbokit report: {title}").
@@ -94,12 +102,12 @@ def render(
     Raises:
         ValueError: for arguments that do not fit (x with fewer than n points, an image_shape that is not D).
     """
-    _check(diagnosis, x, labels, image_shape, history, sweep)
+    _check(diagnosis, x, labels, image_shape, history, sweep, disentanglement)
     from elbokit.report.html import render_page
     from elbokit.report.sections import build_sections
 
     sections = build_sections(diagnosis, model=model, x=x, labels=labels, image_shape=image_shape,
-                              history=history, sweep=sweep)  # fmt: skip
+                              history=history, sweep=sweep, disentanglement=disentanglement)  # fmt: skip
     return render_page(diagnosis, sections, data_dim=x[0].numel(), discrete=discrete, settings=settings,
                        dataset=dataset, title=title)  # fmt: skip
 
@@ -115,6 +123,7 @@ def write(
     discrete: bool = False,
     history: Sequence[Mapping[str, Any]] = (),
     sweep: Sequence[SweepPoint] | None = None,
+    disentanglement: Disentanglement | None = None,
     settings: Mapping[str, Any] | None = None,
     dataset: Mapping[str, Any] | None = None,
     title: str | None = None,
@@ -122,7 +131,8 @@ def write(
     """Write :func:`render`'s page to ``path`` atomically (an earlier file stays whole until the new one is
     complete) and return the path. The arguments are :func:`render`'s."""
     page = render(diagnosis, model=model, x=x, labels=labels, image_shape=image_shape, discrete=discrete,
-                  history=history, sweep=sweep, settings=settings, dataset=dataset, title=title)  # fmt: skip
+                  history=history, sweep=sweep, disentanglement=disentanglement, settings=settings, dataset=dataset,
+                  title=title)  # fmt: skip
     path = Path(path)
     atomic_write(path, page.encode("utf-8"))
     return path

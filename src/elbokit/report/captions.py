@@ -45,6 +45,14 @@ CAPTIONS: dict[str, tuple[str, str]] = {
                      "with a good reconstruction is the encoder's q losing, not the decoder. The table gives "
                      "their positions among the points (from 0); a point with k̂ above {threshold} has an "
                      "unreliable log p(x)."),
+    "disentanglement": ("Disentanglement", "On {n} test points with known generative factors: MIG {mig}, DCI "
+                        "disentanglement {d}, completeness {c}, informativeness {i}, FactorVAE score {fvae} (chance "
+                        "{chance}). Each row moves the latent that carries one factor most (the largest I(z_j; v_k)) "
+                        "from -3 to 3 with the others at 0: a disentangled model changes that factor alone, and two "
+                        "factors on one latent share it. The table gives each factor's latent and MIG gap."),
+    "disentanglement-beta": ("Disentanglement against β", "Each model of the sweep scored on its test codes: a "
+                             "larger β is claimed to find the factors (Higgins et al. 2017), but the scores vary "
+                             "with the seed as much as with β (Locatello et al. 2019)."),
     "rate-distortion": ("Rate and distortion", "One model per β (Alemi et al. 2018): each sits on its ELBO line "
                         "R + D = -ELBO; small β buys low distortion with a high rate."),
     "rate-distortion-one": ("Rate and distortion", "This model on the rate-distortion plane, with its ELBO line "

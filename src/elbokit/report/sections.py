@@ -24,7 +24,7 @@ from elbokit.estimators._pareto import KHAT_THRESHOLD
 from elbokit.report.captions import CAPTIONS, COLOURS
 
 if TYPE_CHECKING:
-    from elbokit.diagnostics import Collapse, Diagnosis, SweepPoint
+    from elbokit.diagnostics import Collapse, Diagnosis, Disentanglement, SweepPoint
 
 IMAGES = 64  # samples drawn for the image grid
 RECONSTRUCTED = 32  # images shown above their reconstructions
@@ -136,7 +136,7 @@ def _top_two(kl_per_dim: Sequence[float]) -> tuple[int, int]:
 
 def build_sections(d: Diagnosis, *, model: Any, x: Tensor, labels: Tensor | None, image_shape: tuple[int, int] | None,
                    history: Sequence[Mapping[str, Any]], sweep: Sequence[SweepPoint] | None,
-                   seed: int = 0) -> list[Section]:  # fmt: skip
+                   disentanglement: Disentanglement | None = None, seed: int = 0) -> list[Section]:  # fmt: skip
     """The report's figures, in page order. ``x`` (first ``d.n`` rows used) and ``labels`` are checked by the
     caller (:func:`elbokit.report.render`); model calls run under ``torch.inference_mode``."""
     from elbokit.diagnostics import CurvePoint
@@ -228,6 +228,10 @@ def build_sections(d: Diagnosis, *, model: Any, x: Tensor, labels: Tensor | None
     add("pareto-k", lambda: plots.pareto_k_histogram(k_hat), threshold=KHAT_THRESHOLD, n=len(k_hat),
         over=sum(k > KHAT_THRESHOLD for k in k_hat))  # fmt: skip
     sections.append(_worst_section(d, flat, recon, image_shape))
+    if disentanglement is not None:
+        sections.append(_factor_section(disentanglement, model, image_shape))
+    if sweep and all(p.mig is not None for p in sweep):
+        add("disentanglement-beta", lambda: plots.disentanglement_vs_beta(list(sweep)))
     if sweep:
         add("rate-distortion", lambda: plots.rate_distortion(list(sweep)))
     else:
@@ -269,3 +273,23 @@ def _worst_section(d: Diagnosis, flat: Tensor, recon: Tensor | None, image_shape
     png, note = _figure(make) if recon is not None else (None, _missing("reconstruct"))
     return Section("worst-points", title, caption.format(m=m, how=how, threshold=KHAT_THRESHOLD), png, note,
                    tuple(table))  # fmt: skip
+
+
+def _factor_section(r: Disentanglement, model: Any, image_shape: tuple[int, int] | None) -> Section:
+    """The model's disentanglement scores, traversals of the latent that carries each factor, and a table."""
+    from elbokit.report import plots
+
+    rows = [f"{name} (z{j})" for name, j in zip(r.factor_names, r.latent_for_factor, strict=True)]
+    table = [("factor", "latent", "MIG gap")]
+    table += [(name, f"z{j}", number(gap)) for name, j, gap in
+              zip(r.factor_names, r.latent_for_factor, r.mig_per_factor, strict=True)]  # fmt: skip
+    title, caption = CAPTIONS["disentanglement"]
+    caption = caption.format(n=r.n, mig=number(r.mig), d=number(r.dci_disentanglement), c=number(r.dci_completeness),
+                             i=number(r.dci_informativeness), fvae=number(r.factor_vae),
+                             chance=number(1 / len(r.factor_names)))  # fmt: skip
+    if image_shape is None or not _has(model, "decode"):
+        return Section("disentanglement", title, caption, None, _missing("decode") if image_shape else None,
+                       tuple(table))  # fmt: skip
+    png, note = _figure(lambda: plots.latent_traversals(model, image_shape, dims=list(r.latent_for_factor),
+                                                        labels=rows))  # fmt: skip
+    return Section("disentanglement", title, caption, png, note, tuple(table))

@@ -30,6 +30,7 @@ from elbokit.runs.build import (
     resolve_likelihood,
 )
 from elbokit.runs.evaluation import Evaluation, evaluate, evaluation_seconds
+from elbokit.runs.factors import SCORES, factor_scores
 from elbokit.runs.files import (
     CONFIG,
     DATASET,
@@ -72,6 +73,7 @@ __all__ = [
     "REPLACED_BY_OVERWRITE",
     "RESUMABLE",
     "RUN_FILES",
+    "SCORES",
     "Evaluation",
     "Run",
     "RunWriter",
@@ -87,6 +89,7 @@ __all__ = [
     "describe_data",
     "evaluate",
     "evaluation_seconds",
+    "factor_scores",
     "holds_run",
     "image_shape",
     "is_data_file",

@@ -28,7 +28,7 @@ from elbokit.train.epochs import resolve_device
 from elbokit.train.records import METRICS
 
 if TYPE_CHECKING:
-    from elbokit.diagnostics import Diagnosis
+    from elbokit.diagnostics import Diagnosis, Disentanglement
 
 
 #: What ``elbokit diagnose`` writes beside a run.
@@ -81,7 +81,7 @@ class Run:
         if trained_dim is not None and trained_dim != data.data_dim:
             raise ValueError(f"{config.data} now has dimension {data.data_dim}; the run was trained on {trained_dim}")
         check_data_file(path, config)
-        model = build_model(config, data.data_dim, training_points(config, data))
+        model = build_model(config, data.data_dim, training_points(config, data), image_shape=data.image_shape)
         load_model_state(model, saved, source=f"{path / name}")
         recorded = saved.state.get("config", {})
         differs = [name for name, value in config.to_dict().items()
@@ -157,8 +157,19 @@ class Run:
         return write(d, self.path / "report.html", model=self.model, x=self.data.split(split),
                      labels=self.data.labels(split), image_shape=self.data.image_shape,
                      discrete=self.data.support == "binary", history=history, sweep=sweep,
+                     disentanglement=self.disentanglement(split=split),
                      settings=self.config.to_dict(), dataset=read_description(self.path),
                      title=self.path.name or str(self.path))  # fmt: skip
+
+    def disentanglement(
+        self, *, split: str = "test", limit: int | None = 5000, seed: int = 0
+    ) -> Disentanglement | None:
+        """MIG, DCI and the FactorVAE score of the codes E_q z of a split's first ``limit`` points
+        (:func:`elbokit.diagnostics.disentanglement`), for data with known generative factors (the sprite
+        datasets); ``None`` for other data."""
+        from elbokit.runs.factors import factor_scores
+
+        return factor_scores(self.model, self.data, split, limit=limit, data_seed=self.config.seed, seed=seed)
 
     def sample(self, n: int = 64, *, seed: int = 0, draw: bool = False) -> Tensor:
         """(n, D) samples x from the model: decoded means of z ~ p(z), or draws x ~ p(x|z) with ``draw``."""
@@ -209,15 +220,19 @@ SWEEP = "sweep.json"
 
 def _sweep_row(row: Any) -> bool:
     """A row of ``sweep.json``: every SweepPoint field and nothing else, each a number (an int or float that
-    converts to float, not a bool) but the path (a string or null)."""
+    converts to float, not a bool) but the path (a string or null) and the disentanglement scores (numbers or
+    null; absent from a sweep written before them)."""
 
     def real(value: Any) -> bool:
         return isinstance(value, float) or (type(value) is int and abs(value) <= sys.float_info.max)
 
-    if not isinstance(row, dict) or set(row) != set(SweepPoint._fields):
+    optional = set(SweepPoint._field_defaults)
+    if not isinstance(row, dict) or not set(SweepPoint._fields) - optional <= set(row) <= set(SweepPoint._fields):
         return False
     path = row["path"]
-    return (path is None or isinstance(path, str)) and all(real(v) for k, v in row.items() if k != "path")
+    return (path is None or isinstance(path, str)) and all(
+        real(v) or (k in optional and v is None) for k, v in row.items() if k != "path"
+    )
 
 
 def read_sweep(run_dir: str | Path) -> list[SweepPoint] | None:

@@ -21,6 +21,7 @@ from elbokit.report.plots.bounds import (
     rate_distortion,
 )
 from elbokit.report.plots.counts import gene_mean_variance
+from elbokit.report.plots.factors import disentanglement_vs_beta
 from elbokit.report.plots.latent import (
     latent_manifold,
     latent_scatter,
@@ -39,6 +40,7 @@ from elbokit.report.plots.training import training_curves
 
 __all__ = [
     "PointGroup",
+    "disentanglement_vs_beta",
     "feature_marginals",
     "feature_reconstructions",
     "gap_waterfall",

@@ -40,7 +40,7 @@ def _check_int(name: str, value: object, low: int) -> int:
     return value
 
 
-def _check_dims(dims: Sequence[int], latent_dim: int, *, count: int | None = None) -> list[int]:
+def _check_dims(dims: Sequence[int], latent_dim: int, *, count: int | None = None, distinct: bool = True) -> list[int]:
     dims = list(dims)
     if count is not None and len(dims) != count:
         raise ValueError(f"dims must name {count} latent dimensions, got {tuple(dims)}")
@@ -49,7 +49,7 @@ def _check_dims(dims: Sequence[int], latent_dim: int, *, count: int | None = Non
     for j in dims:
         if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < latent_dim:
             raise ValueError(f"dims must be integers in [0, {latent_dim}) for a {latent_dim}-d latent, got {j!r}")
-    if len(set(dims)) != len(dims):
+    if distinct and len(set(dims)) != len(dims):
         raise ValueError(f"dims must be distinct, got {tuple(dims)}")
     return dims
 

@@ -80,6 +80,7 @@ def latent_traversals(
     *,
     dims: Sequence[int] | None = None,
     values: Sequence[float] = TRAVERSAL_VALUES,
+    labels: Sequence[str] | None = None,
 ) -> Figure:
     """E[x|z] as one latent z_j moves through ``values`` with every other latent at 0: one row per z_j.
 
@@ -91,12 +92,17 @@ def latent_traversals(
         image_shape: (H, W) with H W = D.
         dims: the latent dimensions, one row each (default: the first min(8, d)).
         values: the values each takes, one column each (default -3 to 3 in steps of 0.75).
+        labels: a name for each row (default ``z_j``), e.g. the generative factor the latent carries; with labels
+            a latent may have more than one row (two factors it carries).
     """
     d = model.latent_dim
-    rows = _check_dims(list(range(min(8, d))) if dims is None else dims, d)
+    rows = _check_dims(list(range(min(8, d))) if dims is None else dims, d, distinct=labels is None)
     columns = [float(v) for v in values]
     if not columns or not all(math.isfinite(v) for v in columns):
         raise ValueError(f"values must be at least one finite number, got {tuple(values)}")
+    names = [f"$z_{{{j}}}$" for j in rows] if labels is None else [str(name) for name in labels]
+    if len(names) != len(rows):
+        raise ValueError(f"labels must name each of the {len(rows)} rows, got {len(names)}")
     with torch.inference_mode():
         reference = _latent_reference(model)
         z = reference.new_zeros(len(rows), len(columns), d)  # (R, C, d)
@@ -110,7 +116,7 @@ def latent_traversals(
     ax = fig.add_subplot()
     _show_grid(ax, grid)
     ax.set_xticks(_cell_centres(len(columns), width, padding), [f"{v:g}" for v in columns])
-    ax.set_yticks(_cell_centres(len(rows), height, padding), [f"$z_{{{j}}}$" for j in rows])
+    ax.set_yticks(_cell_centres(len(rows), height, padding), names)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
