@@ -18,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.mark.parametrize(
     "argv",
     [["quickstart.py"], ["train_ppca.py", "--steps", "5"], ["gradient_variance.py", "--repeats", "3"],
-     ["train_vae.py", "--epochs", "1"],
+     ["train_vae.py", "--epochs", "1"], ["beta_disentanglement.py", "--epochs", "1", "--limit", "256"],
      ["own_conv_vae.py", "--steps", "5", "--limit", "50", "--k", "20", "--refine-steps", "10"],
      ["pyro_vae.py", "--steps", "5", "--train", "500", "--limit", "20", "--k", "20", "--refine-steps", "10"]],
     ids=lambda argv: argv[0],

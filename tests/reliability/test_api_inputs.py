@@ -483,6 +483,22 @@ BAD_INPUTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      r"num_points goes with guide='local'"),
     ("VAE.mlp local num_points 0", lambda: VAE.mlp(6, 2, guide="local", num_points=0), ValueError,
      r"num_points must be"),
+    ("VAE.conv odd sides", lambda: VAE.conv((7, 7), 2), ValueError, r"must be even and above 4; got 7x7"),
+    ("VAE.conv not a shape", lambda: VAE.conv((16,), 2), ValueError, r"image_shape must be \(H, W\)"),  # type: ignore[arg-type]
+    ("VAE.conv channel 0", lambda: VAE.conv((16, 16), 2, channels=(8, 0)), ValueError, r"channels must be"),
+    ("VAE.conv count likelihood", lambda: VAE.conv((16, 16), 2, likelihood="nb"), ValueError,
+     r"count likelihood needs arch mlp"),
+    ("VAE.conv flow and full", lambda: VAE.conv((16, 16), 2, guide="flow", covariance="full"), ValueError,
+     r"flow guide's base is diagonal"),
+    ("VAE.conv wrong image width", lambda: VAE.conv((16, 16), 2).encoder(_x()), ValueError,
+     r"x must hold 16x16 images, flat \(\.\.\., 256\), got \(4, 6\)"),
+    ("disentanglement point counts", lambda: dx.disentanglement(torch.randn(20, 2), torch.arange(20).view(10, 2) % 3),
+     ValueError, r"same number of points"),
+    ("disentanglement float factors", lambda: dx.disentanglement(torch.randn(20, 2), torch.rand(20, 2)),
+     ValueError, r"factors must be an integer tensor"),
+    ("disentanglement names count", lambda: dx.disentanglement(torch.randn(20, 2), torch.arange(40).view(20, 2) % 3,
+                                                              names=("a",)), ValueError, r"names must be 2 strings"),
+    ("RunConfig arch", lambda: ek.RunConfig(arch="resnet"), ValueError, r"arch must be one of mlp, conv"),
 ]
 
 
