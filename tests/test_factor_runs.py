@@ -109,3 +109,19 @@ def test_an_old_sweep_file_without_scores_still_reads(tmp_path: Path) -> None:
     (tmp_path / "sweep.json").write_text(json.dumps([row | {"mig": 0.3, "extra": 1.0}]))
     with pytest.raises(ValueError, match="not a sweep written by"):
         read_sweep(tmp_path)
+
+
+def test_the_issue_commands_on_the_64_pixel_sprites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`elbokit fit --data dsprites --arch conv --beta 4` and its sweep, on the 64×64 set (cut to 128 training
+    images and one epoch: the full run is minutes of CPU per epoch)."""
+    out = tmp_path / "sprites"
+    argv = ["fit", "--data", "dsprites", "--arch", "conv", "--beta", "4", "--limit", "128", "--epochs", "1",
+            "--latent-dim", "10", "--quiet", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["arch"], config["hidden"], config["beta"]) == ("conv", [256, 256], 4.0)
+    capsys.readouterr()
+    assert main(["sweep", str(out), "--beta", "1,4", "--k", "5", "--limit", "10", "--factor-points", "500"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    points = read_sweep(out)
+    assert points is not None and all(p.mig is not None and 0 <= p.mig <= 1 for p in points)

@@ -32,6 +32,7 @@ from elbokit.runs import (
     write_json,
     writing_run,
 )
+from elbokit.runs.factors import check_scorable
 from elbokit.train.loop import fit
 
 
@@ -99,6 +100,7 @@ def sweep(
     config = absolute_data(config)
     data = load_data(config)
     config = resolve_likelihood(config, data)
+    check_scorable(data)
     # In a process group each rank trains its own contiguous share of the β values, alone, on its own device
     w = world()
     config = dataclasses.replace(config, device=rank_device(config.device))

@@ -226,6 +226,7 @@ DSPRITES = SpriteGrid("dsprites", 64, _factors(FACTOR_SIZES))
 DSPRITES_SMALL = SpriteGrid("dsprites-small", 32, _factors((3, 3, 8, 8, 8)))
 DSPRITES_FACTORS: tuple[Factor, ...] = DSPRITES.factors  # the full grid's factors and their values
 _GRIDS = {grid.name: grid for grid in (DSPRITES, DSPRITES_SMALL)}
+FACTOR_DATASETS: tuple[str, ...] = tuple(_GRIDS)  # the registered datasets with known generative factors
 
 
 def sprite_grid(name: str) -> SpriteGrid:

@@ -333,7 +333,7 @@ def dci(
     try:
         import sklearn  # noqa: F401
     except ImportError as error:
-        raise ImportError("dci needs scikit-learn: pip install scikit-learn") from error
+        raise ImportError("dci needs scikit-learn: pip install 'elbokit[disentanglement]'") from error
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     train, test = order[:n_train], order[n_train:]
     x = z.detach().to(torch.float64).cpu().numpy()

@@ -5,12 +5,25 @@ from __future__ import annotations
 import torch
 
 from elbokit.data import Dataset, known_factors
+from elbokit.data.dsprites import FACTOR_DATASETS
 from elbokit.diagnostics.disentangle import Disentanglement, disentanglement
 from elbokit.models import VAE
 
 #: The SweepPoint fields a sweep fills from :class:`Disentanglement` (for data with known factors).
 SCORES = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "factor_vae")
 _BATCH = 500  # points encoded at once
+
+
+def check_scorable(data: Dataset) -> None:
+    """For data with known factors, refuse at once (ValueError, one line) when scikit-learn, which DCI's
+    predictors come from, is missing: a sweep would otherwise fail after training its models."""
+    if data.name not in FACTOR_DATASETS:
+        return
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ValueError(f"scoring {data.name}'s factors (DCI) needs scikit-learn: "
+                         "pip install 'elbokit[disentanglement]'") from None  # fmt: skip
 
 
 @torch.no_grad()
@@ -31,6 +44,7 @@ def factor_scores(
     known = known_factors(data.name, split, seed=data_seed)
     if known is None:
         return None
+    check_scorable(data)
     factors, names = known
     x = data.split(split)[:limit]
     device = next(model.parameters()).device
