@@ -84,9 +84,9 @@ def timed_rounds(
     return times
 
 
-def elbokit_step(vae: VAE, batch: int) -> Callable[[Tensor], None]:
+def elbokit_step(vae: VAE, batch: int, *, beta: float = 1.0) -> Callable[[Tensor], None]:
     """One step of elbokit's trainer (TrainStep, Adam at lr 1e-3, argument checks off), as ``elbokit.fit`` takes it."""
-    config = RunConfig(batch_size=batch, lr=1e-3)
+    config = RunConfig(batch_size=batch, lr=1e-3, beta=beta)
     params = list(vae.parameters())
     step = TrainStep(vae, vae.encoder, config, parse_schedule("constant", steps_per_epoch=1), params=params,
                      optimizer=make_optimizer(params, config.lr))  # fmt: skip

@@ -33,29 +33,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import timed_rounds
+from _common import elbokit_step, timed_rounds
 from torch import Tensor
 
-from elbokit.config import RunConfig
 from elbokit.data import load
 from elbokit.models import VAE
-from elbokit.train.schedules import parse_schedule
-from elbokit.train.step import TrainStep, make_optimizer, unvalidated
 
 BETA = 4.0
-
-
-def _elbokit(vae: VAE, batch: int) -> Any:
-    config = RunConfig(batch_size=batch, lr=1e-3, beta=BETA, arch="conv")
-    params = list(vae.parameters())
-    step = TrainStep(vae, vae.encoder, config, parse_schedule("constant", steps_per_epoch=1), params=params,
-                     optimizer=make_optimizer(params, config.lr))  # fmt: skip
-
-    def run(x: Tensor) -> None:
-        with unvalidated():
-            step(x)
-
-    return run
 
 
 def _bare(vae: VAE) -> Any:
@@ -93,7 +77,7 @@ def main() -> None:
     for batch in args.batch:
         torch.manual_seed(args.seed)
         base = VAE.conv(data.image_shape, 10)  # type: ignore[arg-type]
-        methods = {"elbokit": _elbokit(copy.deepcopy(base), batch), "bare": _bare(copy.deepcopy(base))}
+        methods = {"elbokit": elbokit_step(copy.deepcopy(base), batch, beta=BETA), "bare": _bare(copy.deepcopy(base))}
         times = timed_rounds(methods, data.train, batch, steps=args.steps, repeats=args.repeats, seed=args.seed)
         ratio = statistics.median(a / b for a, b in zip(times["elbokit"], times["bare"], strict=True))
         ms = statistics.median(times["elbokit"])

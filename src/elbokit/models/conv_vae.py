@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from elbokit.models._checks import check_nonnegative, check_positive_int
+from elbokit.models._checks import check_positive_int
 from elbokit.models.conv import CONV_CHANNELS, CONV_HIDDEN, ConvDecoder, ConvEncoder, _check_sizes, conv_sides
 from elbokit.models.counts import CountLikelihood
 from elbokit.models.likelihoods import Likelihood, make_likelihood
-from elbokit.models.vae import VAE
+from elbokit.models.vae import VAE, check_guide_options
 
 if TYPE_CHECKING:
     from elbokit.guides import Covariance
@@ -34,16 +34,9 @@ def conv_vae(
     """:meth:`VAE.conv`: the arguments are its."""
     from elbokit.guides import AmortizedFlow, AmortizedGaussian, NonAmortizedGaussian
 
-    check_positive_int("latent_dim", latent_dim)
-    check_nonnegative("min_scale", min_scale)
+    check_guide_options(latent_dim, min_scale, guide, covariance, num_points)
     channels = _check_sizes("channels", channels, empty=False)
     conv_sides(image_shape, len(channels))  # the image's sides must halve at least once
-    if guide not in ("gaussian", "flow", "local"):
-        raise ValueError(f"guide must be 'gaussian', 'flow' or 'local', got {guide!r}")
-    if (guide == "local") != (num_points is not None):
-        raise ValueError("num_points goes with guide='local' (the training points' count), and only with it")
-    if guide == "flow" and covariance != "diagonal":
-        raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
     hidden = tuple(hidden)
     if guide == "flow" and not hidden:
         raise ValueError("a flow guide is conditioned on the encoder's last hidden layer: hidden must not be empty")

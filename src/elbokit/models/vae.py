@@ -25,6 +25,18 @@ if TYPE_CHECKING:
     from elbokit.guides import Covariance
 
 
+def check_guide_options(latent_dim: int, min_scale: float, guide: str, covariance: str, num_points: int | None) -> None:
+    """The checks :meth:`VAE.mlp` and :meth:`VAE.conv` share: one-line ValueErrors for options that do not fit."""
+    check_positive_int("latent_dim", latent_dim)
+    check_nonnegative("min_scale", min_scale)
+    if guide not in ("gaussian", "flow", "local"):
+        raise ValueError(f"guide must be 'gaussian', 'flow' or 'local', got {guide!r}")
+    if (guide == "local") != (num_points is not None):
+        raise ValueError("num_points goes with guide='local' (the training points' count), and only with it")
+    if guide == "flow" and covariance != "diagonal":
+        raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
+
+
 class VAE(nn.Module):
     r"""p(z) = N(0, I_d), p(x|z) = ``likelihood(decoder(z))``, q(z|x) = ``encoder(x)``.
 
@@ -112,14 +124,7 @@ class VAE(nn.Module):
         from elbokit.guides import AmortizedFlow, AmortizedGaussian, NonAmortizedGaussian
 
         check_positive_int("data_dim", data_dim)
-        check_positive_int("latent_dim", latent_dim)
-        check_nonnegative("min_scale", min_scale)
-        if guide not in ("gaussian", "flow", "local"):
-            raise ValueError(f"guide must be 'gaussian', 'flow' or 'local', got {guide!r}")
-        if (guide == "local") != (num_points is not None):
-            raise ValueError("num_points goes with guide='local' (the training points' count), and only with it")
-        if guide == "flow" and covariance != "diagonal":
-            raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
+        check_guide_options(latent_dim, min_scale, guide, covariance, num_points)
         observation = make_likelihood(likelihood, data_dim) if isinstance(likelihood, str) else likelihood
         hidden = tuple(hidden)
         # counts with a latent library: z gains a last coordinate, log ℓ, that the decoder passes through
