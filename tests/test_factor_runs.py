@@ -42,7 +42,9 @@ def conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["fit", *SMALL, "--epochs", "2", "--beta", "4", "--out", str(out)]) == 0
     # Diagnosed cheaply here, so that `elbokit report` below uses this diagnosis (a conv decoder's per-point
     # refinement at the defaults, 300 steps on 1000 points, is minutes of CPU).
-    ek.Run.open(out, device="cpu").diagnose(k=10, limit=10, refine_steps=10)
+    assert main(["report", str(out), "--k", "10", "--limit", "10", "--refine-steps", "10", "--device", "cpu"]) == 0
+    saved = json.loads((out / "diagnostics.json").read_text())
+    assert (saved["n"], saved["gaps"]["refine_steps"]) == (10, 10)
     return out
 
 

@@ -22,6 +22,8 @@ def add_command(commands: Any) -> None:
                    "a bnn run, weight draws of the predictive distribution (default 100)")  # fmt: skip
     p.add_argument("--limit", type=_positive_int, default=1000, help="first N test points (default 1000)")
     p.add_argument("--ais", type=_positive_int, default=None, metavar="STEPS", help="also run AIS with STEPS")
+    p.add_argument("--refine-steps", type=_positive_int, default=300,
+                   help="most q* optimisation steps when diagnosing (default 300)")  # fmt: skip
     p.add_argument("--refresh", action="store_true", help="recompute diagnostics.json even when it is current")
     add_device(p)
     add_checkpoint(p)
@@ -42,5 +44,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: diagnosing {r.path} ({args.limit} points, k = {args.k}) ...", flush=True)
 
     with warnings_to_stderr():
-        print(r.report(k=args.k, limit=args.limit, ais_steps=args.ais, refresh=args.refresh, on_diagnose=announce))
+        print(r.report(k=args.k, limit=args.limit, ais_steps=args.ais, refine_steps=args.refine_steps,
+                       refresh=args.refresh, on_diagnose=announce))
     return 0

@@ -140,8 +140,8 @@ class Run:
         stale, partial or crafted file is never used)."""
         return current_diagnosis(self.path, self.state.get("step"))
 
-    def report(self, *, k: int = 1000, limit: int = 1000, ais_steps: int | None = None, refresh: bool = False,
-               on_diagnose: Callable[[], None] | None = None) -> Path:  # fmt: skip
+    def report(self, *, k: int = 1000, limit: int = 1000, ais_steps: int | None = None, refine_steps: int = 300,
+               refresh: bool = False, on_diagnose: Callable[[], None] | None = None) -> Path:  # fmt: skip
         """Write ``report.html`` (self-contained, :func:`elbokit.report.write`) and return its path, diagnosing
         first when ``diagnostics.json`` is missing or stale (or ``refresh``); ``on_diagnose`` is called before
         that. ``metrics.jsonl`` and ``sweep.json`` are read first: a bad one is refused before any work."""
@@ -152,7 +152,7 @@ class Run:
         if d is None:
             if on_diagnose is not None:
                 on_diagnose()
-            d = self.diagnose(k=k, limit=limit, ais_steps=ais_steps)
+            d = self.diagnose(k=k, limit=limit, ais_steps=ais_steps, refine_steps=refine_steps)
         split = d.split or "test"
         return write(d, self.path / "report.html", model=self.model, x=self.data.split(split),
                      labels=self.data.labels(split), image_shape=self.data.image_shape,
