@@ -186,3 +186,22 @@ def test_train_run_is_fit_from_python(tmp_path: Path) -> None:
         train_run(tmp_path / "run", config)
     again = train_run(tmp_path / "run", None, resume=True)
     assert again.result.epochs == 1  # nothing left to train: it ends where it was
+
+
+def test_a_duration_estimate_never_scales_a_zero_difference(early: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pilots whose times do not grow with k or the steps (a small model: clock noise hides the marginal
+    cost), the estimate still grows with k: k = 10**12 must be refused, not started."""
+    import time
+
+    import elbokit.diagnostics.reference as reference
+    import elbokit.runs.evaluation as evaluation
+    from elbokit.cli._args import MAX_SECONDS
+
+    run = ek.Run.open(early, device="cpu")
+    # 2 ms a call, at every k and every number of steps: a fixed cost the pilots cannot tell from the marginal one
+    monkeypatch.setattr(evaluation, "log_marginal", lambda *args, **kwargs: time.sleep(0.002))
+    monkeypatch.setattr(reference, "refined_proposal", lambda *args, **kwargs: time.sleep(0.002))
+    assert evaluation.evaluation_seconds(run, k=10**12, n=100) > MAX_SECONDS
+    assert evaluation.evaluation_seconds(run, k=10**12, n=100, proposal="encoder") > MAX_SECONDS
+    small = evaluation.evaluation_seconds(run, k=1000, n=100, proposal="encoder")
+    assert small < 1.0  # the floor stays small at a sensible k

@@ -178,12 +178,21 @@ def evaluation_seconds(run: Run, *, k: int, n: int, batch_size: int = 100, propo
         return lambda: refined_proposal(run.model, encoder, x, steps=steps)
 
     # Two pilots each (the faster of two runs), so that the fixed cost of a call is not scaled with k or the steps.
+    # On a small model the two pilots differ by less than the clock's noise, and their difference can be 0 or
+    # negative: the marginal cost is then floored at 1/FIXED_SHARE of the larger pilot's average, never 0 (a zero
+    # estimate once let a k = 10**12 evaluation start).
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         with torch.inference_mode():
             small, large = (min(timed(draws(count)), timed(draws(count))) for count in (16, 256))
-        seconds = large + max(large - small, 0.0) / 240 * max(k - 256, 0)
+        per_draw = max((large - small) / 240, large / 256 / _FIXED_SHARE)
+        seconds = large + per_draw * max(k - 256, 0)
         if proposal == "refined":
             small, large = timed(refinement(2)), timed(refinement(8))
-            seconds += large + max(large - small, 0.0) / 6 * max(refine_steps - 8, 0)
+            per_step = max((large - small) / 6, large / 8 / _FIXED_SHARE)
+            seconds += large + per_step * max(refine_steps - 8, 0)
     return (seconds + fit_seconds) * batches
+
+
+#: At most this share of a pilot's time is taken for a call's fixed cost when its marginal cost is not measurable.
+_FIXED_SHARE = 16
 
