@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+
+from elbokit._config_checks import (
+    DEVICE,
+    check_extra,
+    check_float,
+    check_hidden,
+    check_int,
+    check_str,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,28 +158,28 @@ class RunConfig:
             self.activation = activation
         for name in ("data", "activation", "likelihood", "guide", "objective", "gradient", "anneal", "lr_schedule",
                      "device", "model", "task", "prior", "estimator"):  # fmt: skip
-            _check_str(name, getattr(self, name))
+            check_str(name, getattr(self, name))
         for name in ("data_dir", "binarize", "layer", "target"):
             if getattr(self, name) is not None:
-                _check_str(name, getattr(self, name))
+                check_str(name, getattr(self, name))
         for name in ("latent_dim", "k", "epochs", "batch_size"):
-            _check_int(name, getattr(self, name), low=1)
+            check_int(name, getattr(self, name), low=1)
         for name in ("limit", "patience", "log_every"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), low=1)
-        _check_int("seed", self.seed, low=0)
+                check_int(name, getattr(self, name), low=1)
+        check_int("seed", self.seed, low=0)
         if self.seed >= 2**32:  # numpy's range; the per-epoch generators' seeds are derived from it
             raise ValueError(f"seed must be an integer in 0..2**32 - 1, got {self.seed}")
-        self.hidden = _check_hidden(self.hidden)
-        self.beta = _check_float("beta", self.beta, low=0.0)
-        self.lr = _check_float("lr", self.lr, low=0.0, strict=True)
-        self.local_lr = _check_float("local_lr", self.local_lr, low=0.0, strict=True)
+        self.hidden = check_hidden(self.hidden)
+        self.beta = check_float("beta", self.beta, low=0.0)
+        self.lr = check_float("lr", self.lr, low=0.0, strict=True)
+        self.local_lr = check_float("local_lr", self.local_lr, low=0.0, strict=True)
         if self.clip is not None:
-            self.clip = _check_float("clip", self.clip, low=0.0, strict=True)
+            self.clip = check_float("clip", self.clip, low=0.0, strict=True)
         for name in ("quiet", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        _check_extra(self.extra)
+        check_extra(self.extra)
         if not self.data.strip():
             raise ValueError("data must name a dataset or a file, got an empty string")
         if self.objective not in OBJECTIVES:
@@ -189,7 +196,7 @@ class RunConfig:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.binarize not in (None, "dynamic", "fixed"):
             raise ValueError(f"binarize must be 'dynamic' or 'fixed', got {self.binarize!r}")
-        if not _DEVICE.fullmatch(self.device):
+        if not DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
         from elbokit.models.likelihoods import make_likelihood
         from elbokit.train.schedules import parse_schedule
@@ -279,47 +286,3 @@ class RunConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} does not hold a run configuration")
         return cls.from_dict(values, source=str(path))
-
-
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
-
-
-def _check_str(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {value!r}")
-
-
-def _check_int(name: str, value: object, *, low: int) -> None:
-    """An integer >= low; bools and floats (even 2.0) are refused: a count or seed is written as an integer."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
-
-
-def _check_float(name: str, value: object, *, low: float, strict: bool = False) -> float:
-    """A finite real number >= low (> low when strict), as a float; bools and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or (strict and value == low):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value}")
-    return value
-
-
-def _check_hidden(value: object) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise ValueError(f"hidden must be a list of layer sizes (integers >= 1), got {value!r}")
-    for h in value:
-        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            raise ValueError(f"hidden sizes must be integers >= 1, got {h!r} in {list(value)}")
-    return tuple(value)
-
-
-def _check_extra(value: object) -> None:
-    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
-        raise ValueError(f"extra must be a table of notes keyed by strings, got {value!r}")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"extra must hold JSON values only: {err}") from None

@@ -89,3 +89,15 @@ def check_values(x: Tensor, owner: str = "x") -> None:
         bad = int((~finite).sum())
         shape = tuple(x.shape)
         raise ValueError(f"{owner} must be finite, got {bad} NaN or infinite value(s) in {owner} of shape {shape}")
+
+
+def check_guide_options(latent_dim: int, min_scale: float, guide: str, covariance: str, num_points: int | None) -> None:
+    """The checks :meth:`VAE.mlp` and :meth:`VAE.conv` share: one-line ValueErrors for options that do not fit."""
+    check_positive_int("latent_dim", latent_dim)
+    check_nonnegative("min_scale", min_scale)
+    if guide not in ("gaussian", "flow", "local"):
+        raise ValueError(f"guide must be 'gaussian', 'flow' or 'local', got {guide!r}")
+    if (guide == "local") != (num_points is not None):
+        raise ValueError("num_points goes with guide='local' (the training points' count), and only with it")
+    if guide == "flow" and covariance != "diagonal":
+        raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")

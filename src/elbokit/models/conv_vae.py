@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from elbokit.models._checks import check_positive_int
+from elbokit.models._checks import check_guide_options, check_positive_int
 from elbokit.models.conv import CONV_CHANNELS, CONV_HIDDEN, ConvDecoder, ConvEncoder, _check_sizes, conv_sides
 from elbokit.models.counts import CountLikelihood
 from elbokit.models.likelihoods import Likelihood, make_likelihood
-from elbokit.models.vae import VAE, check_guide_options
+from elbokit.models.vae import VAE
 
 if TYPE_CHECKING:
     from elbokit.guides import Covariance

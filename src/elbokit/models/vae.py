@@ -17,24 +17,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from elbokit.models._checks import check_batch, check_nonnegative, check_positive_int, check_values
-from elbokit.models.likelihoods import Likelihood, make_likelihood
-from elbokit.models.mlp import mlp
+from elbokit.models._checks import check_batch, check_positive_int, check_values
+from elbokit.models.likelihoods import Likelihood
 
 if TYPE_CHECKING:
     from elbokit.guides import Covariance
-
-
-def check_guide_options(latent_dim: int, min_scale: float, guide: str, covariance: str, num_points: int | None) -> None:
-    """The checks :meth:`VAE.mlp` and :meth:`VAE.conv` share: one-line ValueErrors for options that do not fit."""
-    check_positive_int("latent_dim", latent_dim)
-    check_nonnegative("min_scale", min_scale)
-    if guide not in ("gaussian", "flow", "local"):
-        raise ValueError(f"guide must be 'gaussian', 'flow' or 'local', got {guide!r}")
-    if (guide == "local") != (num_points is not None):
-        raise ValueError("num_points goes with guide='local' (the training points' count), and only with it")
-    if guide == "flow" and covariance != "diagonal":
-        raise ValueError(f"a flow guide's base is diagonal: covariance must be 'diagonal', got {covariance!r}")
 
 
 class VAE(nn.Module):
@@ -120,42 +107,11 @@ class VAE(nn.Module):
         References:
             Burda, Grosse & Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
         """
-        # not at module level: guides imports models
-        from elbokit.guides import AmortizedFlow, AmortizedGaussian, NonAmortizedGaussian
+        from elbokit.models.mlp_vae import mlp_vae  # builds on this class
 
-        check_positive_int("data_dim", data_dim)
-        check_guide_options(latent_dim, min_scale, guide, covariance, num_points)
-        observation = make_likelihood(likelihood, data_dim) if isinstance(likelihood, str) else likelihood
-        hidden = tuple(hidden)
-        # counts with a latent library: z gains a last coordinate, log ℓ, that the decoder passes through
-        library = 1 if getattr(observation, "latent_library", False) else 0
-        decoded_dim, latent_dim = latent_dim, latent_dim + library
-        encoder: nn.Module
-        if guide == "local":
-            assert num_points is not None
-            check_positive_int("num_points", num_points)
-            encoder = NonAmortizedGaussian(num_points, latent_dim, covariance=covariance)
-        elif guide == "flow":
-            encoder = AmortizedFlow.mlp(
-                data_dim, latent_dim, hidden=hidden, transforms=transforms, activation=activation, min_scale=min_scale
-            )
-        else:
-            encoder = AmortizedGaussian.mlp(
-                data_dim, latent_dim, hidden=hidden, covariance=covariance, activation=activation, min_scale=min_scale
-            )
-        if getattr(observation, "encoder_input", None) == "log1p" and isinstance(encoder, nn.Module):
-            from elbokit.models.counts import Log1pFlatten
-
-            net = getattr(encoder, "encoder", None)  # an MLP guide's network starts with its Flatten
-            if isinstance(net, nn.Sequential) and isinstance(net[0], nn.Flatten):
-                net[0] = Log1pFlatten()  # counts: the encoder sees log(1 + x), as scVI's
-        decoder: nn.Module = mlp((decoded_dim, *reversed(hidden), observation.output_size(data_dim) - library),
-                                 activation=activation)  # fmt: skip
-        if library:
-            from elbokit.models.counts import LibraryDecoder
-
-            decoder = LibraryDecoder(decoder)
-        return cls(encoder, decoder, observation, latent_dim=latent_dim, data_dim=data_dim)
+        return mlp_vae(data_dim, latent_dim, hidden=hidden, activation=activation, likelihood=likelihood,
+                       covariance=covariance, min_scale=min_scale, guide=guide, transforms=transforms,
+                       num_points=num_points)  # fmt: skip
 
     @classmethod
     def conv(
