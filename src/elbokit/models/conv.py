@@ -50,7 +50,7 @@ def conv_sides(image_shape: tuple[int, int], layers: int) -> list[tuple[int, int
     return sides  # type: ignore[return-value]
 
 
-def _check_sizes(name: str, sizes: Sequence[int], *, empty: bool) -> tuple[int, ...]:
+def check_sizes(name: str, sizes: Sequence[int], *, empty: bool) -> tuple[int, ...]:
     sizes = tuple(sizes)
     if (not sizes and not empty) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
         raise ValueError(f"{name} must be {'' if empty else 'a non-empty list of '}integers >= 1, got {sizes}")
@@ -75,8 +75,8 @@ class ConvEncoder(nn.Module):
         hidden: Sequence[int] = CONV_HIDDEN, activation: type[nn.Module] = nn.ReLU, final: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
-        channels = _check_sizes("channels", channels, empty=False)
-        hidden = _check_sizes("hidden", hidden, empty=not final)
+        channels = check_sizes("channels", channels, empty=False)
+        hidden = check_sizes("hidden", hidden, empty=not final)
         sides = conv_sides(image_shape, len(channels))
         self.image_shape = tuple(image_shape)
         self.out_features = out_features
@@ -128,8 +128,8 @@ class ConvDecoder(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:  # fmt: skip
         super().__init__()
-        channels = _check_sizes("channels", channels, empty=False)
-        hidden = _check_sizes("hidden", hidden, empty=True)
+        channels = check_sizes("channels", channels, empty=False)
+        hidden = check_sizes("hidden", hidden, empty=True)
         sides = conv_sides(image_shape, len(channels))
         used = channels[: len(sides) - 1][::-1]  # the deepest first
         self.image_shape = tuple(image_shape)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from torch import nn
 
 from elbokit.models._checks import check_guide_options, check_positive_int
-from elbokit.models.conv import CONV_CHANNELS, CONV_HIDDEN, ConvDecoder, ConvEncoder, _check_sizes, conv_sides
+from elbokit.models.conv import CONV_CHANNELS, CONV_HIDDEN, ConvDecoder, ConvEncoder, check_sizes, conv_sides
 from elbokit.models.counts import CountLikelihood
 from elbokit.models.likelihoods import Likelihood, make_likelihood
 from elbokit.models.vae import VAE
@@ -35,7 +35,7 @@ def conv_vae(
     from elbokit.guides import AmortizedFlow, AmortizedGaussian, NonAmortizedGaussian
 
     check_guide_options(latent_dim, min_scale, guide, covariance, num_points)
-    channels = _check_sizes("channels", channels, empty=False)
+    channels = check_sizes("channels", channels, empty=False)
     conv_sides(image_shape, len(channels))  # the image's sides must halve at least once
     hidden = tuple(hidden)
     if guide == "flow" and not hidden:
